@@ -1,0 +1,127 @@
+"""The Engine protocol: what every DBMS module offers to the jobs.
+
+Engines turn a database into a byte stream (``dump``) and a byte stream back into a database
+(``restore``). They know nothing of storage, compression or the catalog.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from vya_backupdb.engines.process import Readable
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    product: str  # "PostgreSQL", "MariaDB", "MySQL", "SQLite"
+    version: str  # human version string, e.g. "15.19"
+    version_num: int  # comparable number, e.g. 150019 / 101119
+
+
+@dataclass(frozen=True)
+class DatabaseInfo:
+    name: str
+    size_bytes: int | None = None
+
+
+@dataclass
+class DumpStream:
+    """A readable dump plus what the metadata record needs to know about it.
+
+    ``extension`` is the artifact type before compression: ``dump`` (pg custom), ``sql``,
+    ``tar`` (pg directory format archived, files), ``sqlite``.
+    ``info`` is filled by the engine (e.g. binlog coordinates); it may be completed only when
+    the stream has been fully read (the context manager exits).
+    """
+
+    reader: Readable
+    extension: str
+    tool: str
+    tool_version: str
+    command: str  # masked display of the command line
+    format: str  # plain | custom | directory | sql | sqlite | tar
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def read(self, size: int = -1, /) -> bytes:
+        return self.reader.read(size)
+
+
+@dataclass(frozen=True)
+class RestoreOptions:
+    tables: tuple[str, ...] = ()  # selective restore (PostgreSQL custom/directory)
+    owner: str | None = None  # reassign ownership to this role
+    jobs: int = 1
+    format: str = "custom"  # format of the dump being restored (from the record)
+    #: Properties of the source database captured at dump time (encoding, collation, ...),
+    #: used to create a missing target database faithfully.
+    database_properties: dict[str, Any] = field(default_factory=dict)
+    source_version_num: int | None = None
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    name: str  # "role" (PostgreSQL) or "'user'@'host'" (MySQL)
+    builtin: bool = False
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+
+UserSelection = Literal["all"] | list[str]
+
+
+class Engine(Protocol):
+    """What the jobs need from a DBMS module."""
+
+    kind: str
+
+    def server_info(self) -> ServerInfo:
+        """Return the server's product and version; raise ConnectionFailed."""
+        ...
+
+    def list_databases(self) -> list[DatabaseInfo]:
+        """Return all databases with sizes (system databases included; jobs filter them)."""
+        ...
+
+    def database_exists(self, db: str) -> bool: ...
+
+    def database_properties(self, db: str) -> dict[str, Any]:
+        """Return what is needed to recreate ``db`` (owner, encoding, collation, ...)."""
+        ...
+
+    def table_stats(self, db: str) -> dict[str, int]:
+        """Return exact row counts per table (``schema.table`` for PostgreSQL)."""
+        ...
+
+    def dump(self, db: str) -> AbstractContextManager[DumpStream]:
+        """Yield the dump of ``db`` as a stream; raise BackupFailed at exit when it failed."""
+        ...
+
+    def restore(self, db: str, stream: Readable, options: RestoreOptions) -> None:
+        """Restore ``stream`` into ``db`` (created with the source's properties if missing)."""
+        ...
+
+    def drop_database(self, db: str) -> None: ...
+
+    def rename_database(self, old: str, new: str) -> None:
+        """Rename a database (used by the safe restore swap); raise RestoreFailed."""
+        ...
+
+    def dump_globals(self) -> AbstractContextManager[DumpStream]:
+        """Yield the users/roles (and grants, tablespaces) as a SQL stream."""
+        ...
+
+    def list_users(self) -> list[UserInfo]: ...
+
+    def restore_globals(
+        self, stream: Readable, users: UserSelection, exclude: list[str]
+    ) -> list[str]:
+        """Apply a users file; skip built-in accounts; return the names applied."""
+        ...
+
+
+def iter_chunks(reader: Readable, size: int = 1024 * 1024) -> Iterator[bytes]:
+    """Yield chunks of ``reader`` until EOF."""
+    while chunk := reader.read(size):
+        yield chunk

@@ -1,0 +1,290 @@
+"""Running external tools (pg_dump, mariadb-dump, psql, ...) safely.
+
+Rules (STYLE.md rule 5 and 6): argv is built by pure functions elsewhere and run here without
+a shell; secrets travel through the environment or 0600 temporary files, never argv; stderr is
+drained concurrently and its tail kept for error messages (with secrets masked); the exit status
+is checked at EOF; the child is killed when the reader is closed early.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import glob
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Protocol
+
+from vya_backupdb.errors import BackupFailed, ToolMissing, VyaError
+
+STDERR_TAIL_LINES = 30
+COPY_CHUNK = 1024 * 1024
+
+# PostgreSQL's versioned bin dirs, newest first: Debian keeps the tools there, with wrappers
+# in /usr/bin that pick a version per cluster.
+_EXTRA_TOOL_DIRS = sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
+
+
+class Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class Command:
+    """An argv ready to run, plus extra environment (which may hold secrets)."""
+
+    argv: Sequence[str]
+    env: Mapping[str, str] = field(default_factory=dict)
+    #: Values to mask in anything displayed or logged (passwords).
+    secrets: Sequence[str] = ()
+
+    def display(self) -> str:
+        """Return the command line for logs and metadata, with secrets masked."""
+        return mask(shlex.join(self.argv), self.secrets)
+
+
+def mask(text: str, secrets: Sequence[str]) -> str:
+    """Return ``text`` with every secret value replaced by ``****``."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "****")
+    return text
+
+
+def find_tool(names: Sequence[str], package: str) -> str:
+    """Return the absolute path of the first tool of ``names`` found; raise ToolMissing."""
+    for name in names:
+        found = shutil.which(name)
+        if found:
+            return found
+        for directory in _EXTRA_TOOL_DIRS:
+            candidate = Path(directory) / name
+            if candidate.is_file() and os.access(candidate, os.X_OK):
+                return str(candidate)
+    raise ToolMissing(
+        f"{names[0]} is not installed (looked for: {', '.join(names)})",
+        hint=f"Install the Debian package '{package}': sudo apt-get install {package}",
+    )
+
+
+def tool_version(path: str) -> str:
+    """Return the first line of ``path --version`` (empty string when it fails)."""
+    try:
+        out = subprocess.run(
+            [path, "--version"], capture_output=True, text=True, timeout=20, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr) else ""
+
+
+@contextlib.contextmanager
+def secret_file(content: str, suffix: str = "") -> Iterator[Path]:
+    """Yield a 0600 temporary file holding ``content``; remove it afterwards."""
+    fd, name = tempfile.mkstemp(prefix="vya-", suffix=suffix)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(content)
+        yield Path(name)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
+
+
+class _StderrCollector(threading.Thread):
+    """Drains a child's stderr so it can never block, keeping the last lines."""
+
+    def __init__(self, stream: IO[bytes], secrets: Sequence[str]):
+        super().__init__(daemon=True, name="stderr-drain")
+        self._stream = stream
+        self._secrets = secrets
+        self.lines: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+
+    def run(self) -> None:
+        for raw in iter(self._stream.readline, b""):
+            line = raw.decode("utf-8", errors="replace").rstrip()
+            if line:
+                self.lines.append(mask(line, self._secrets))
+        self._stream.close()
+
+    def tail(self) -> str:
+        return "\n".join(self.lines)
+
+
+def _environment(command: Command) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(command.env)
+    env.setdefault("LC_ALL", "C.UTF-8")
+    return env
+
+
+def _spawn(command: Command, stdin: int | IO[bytes] | None, stdout: int | IO[bytes] | None):  # type: ignore[no-untyped-def]
+    try:
+        return subprocess.Popen(
+            list(command.argv),
+            stdin=stdin,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            env=_environment(command),
+            start_new_session=True,  # Ctrl-C reaches us, we stop the child deliberately
+        )
+    except FileNotFoundError as exc:
+        raise ToolMissing(f"cannot run {command.argv[0]}: {exc.strerror}") from None
+
+
+def _failure(
+    error_cls: type[VyaError], command: Command, returncode: int, stderr_tail: str
+) -> VyaError:
+    tool = Path(command.argv[0]).name
+    if returncode < 0:
+        what = f"{tool} was killed by signal {signal.Signals(-returncode).name}"
+    else:
+        what = f"{tool} exited with status {returncode}"
+    last = stderr_tail.strip().splitlines()[-1] if stderr_tail.strip() else "(no error output)"
+    return error_cls(f"{what}: {last}", details=stderr_tail or None)
+
+
+class ToolReader:
+    """A child process whose stdout is read as a byte stream.
+
+    Use as a context manager: leaving the block after EOF waits for the child and raises
+    ``error_cls`` (with the stderr tail) when it failed; leaving it early or by an exception
+    kills the child. A failed dump therefore can never look like a complete stream.
+    """
+
+    def __init__(self, command: Command, error_cls: type[VyaError] = BackupFailed):
+        self.command = command
+        self._error_cls = error_cls
+        self._proc = _spawn(command, subprocess.DEVNULL, subprocess.PIPE)
+        assert self._proc.stdout is not None and self._proc.stderr is not None
+        self._stdout = self._proc.stdout
+        self._stderr = _StderrCollector(self._proc.stderr, command.secrets)
+        self._stderr.start()
+        self._eof = False
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = self._stdout.read(size if size and size > 0 else COPY_CHUNK)
+        if not data:
+            self._eof = True
+        return data
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        n = self._stdout.readinto(buffer)  # type: ignore[attr-defined]
+        if not n:
+            self._eof = True
+        return int(n or 0)
+
+    def finish(self) -> None:
+        """Wait for the child after EOF; raise ``error_cls`` when it exited non-zero."""
+        if not self._eof:
+            while self.read(COPY_CHUNK):
+                pass
+        returncode = self._proc.wait()
+        self._stderr.join(timeout=10)
+        self._stdout.close()
+        if returncode != 0:
+            raise _failure(self._error_cls, self.command, returncode, self._stderr.tail())
+
+    def abort(self) -> None:
+        """Kill the child (and its process group) and reap it."""
+        if self._proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
+        self._proc.wait()
+        self._stderr.join(timeout=5)
+        with contextlib.suppress(OSError):
+            self._stdout.close()
+
+    @property
+    def stderr_tail(self) -> str:
+        return self._stderr.tail()
+
+    def __enter__(self) -> ToolReader:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is not None:
+            self.abort()
+            return
+        try:
+            self.finish()
+        except BaseException:
+            self.abort()
+            raise
+
+
+def feed(
+    command: Command,
+    source: Readable | None,
+    error_cls: type[VyaError],
+    *,
+    stdout_tail: bool = True,
+) -> str:
+    """Run ``command`` with ``source`` streamed to its stdin; return the stdout tail.
+
+    Raise ``error_cls`` with the stderr tail when the tool fails (or stops reading early).
+    """
+    out_file = tempfile.TemporaryFile()  # noqa: SIM115 - closed below; bounded by tool output
+    proc = _spawn(command, subprocess.PIPE if source is not None else subprocess.DEVNULL, out_file)
+    assert proc.stderr is not None
+    collector = _StderrCollector(proc.stderr, command.secrets)
+    collector.start()
+    broken = False
+    try:
+        if source is not None:
+            assert proc.stdin is not None
+            try:
+                while chunk := source.read(COPY_CHUNK):
+                    proc.stdin.write(chunk)
+            except BrokenPipeError:
+                broken = True
+            finally:
+                with contextlib.suppress(BrokenPipeError):
+                    proc.stdin.close()
+        returncode = proc.wait()
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        out_file.close()
+        raise
+    collector.join(timeout=10)
+    out_file.seek(0, os.SEEK_END)
+    size = out_file.tell()
+    out_file.seek(max(0, size - 8192))
+    tail = mask(out_file.read().decode("utf-8", errors="replace"), command.secrets)
+    out_file.close()
+    if returncode != 0 or broken:
+        err = collector.tail() or tail
+        raise _failure(error_cls, command, returncode if returncode else 1, err)
+    return tail if stdout_tail else ""
+
+
+def run(command: Command, error_cls: type[VyaError], *, timeout: float = 300) -> str:
+    """Run a short command; return its stdout; raise ``error_cls`` with stderr when it fails."""
+    try:
+        proc = subprocess.run(
+            list(command.argv),
+            capture_output=True,
+            env=_environment(command),
+            timeout=timeout,
+            check=False,
+        )
+    except FileNotFoundError as exc:
+        raise ToolMissing(f"cannot run {command.argv[0]}: {exc.strerror}") from None
+    except subprocess.TimeoutExpired:
+        raise error_cls(f"{Path(command.argv[0]).name} timed out after {timeout:.0f}s") from None
+    stdout = proc.stdout.decode("utf-8", errors="replace")
+    if proc.returncode != 0:
+        stderr = mask(proc.stderr.decode("utf-8", errors="replace"), command.secrets)
+        raise _failure(error_cls, command, proc.returncode, stderr)
+    return mask(stdout, command.secrets)
