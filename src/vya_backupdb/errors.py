@@ -126,4 +126,6 @@ EXIT_CODES: dict[int, tuple[str, str]] = {
 
 def exit_code_table() -> str:
     """Return the exit-code table as plain text lines for ``--help``."""
-    return "\n".join(f"{code:>3}  {name:<15} {meaning}" for code, (name, meaning) in EXIT_CODES.items())
+    return "\n".join(
+        f"{code:>3}  {name:<15} {meaning}" for code, (name, meaning) in EXIT_CODES.items()
+    )

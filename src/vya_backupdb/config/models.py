@@ -82,7 +82,9 @@ class SecretsConfig(FrozenModel):
 
 
 class LoggingConfig(FrozenModel):
-    format: Literal["rich", "json"] = Field("rich", description="rich (human) or json (one object a line)")
+    format: Literal["rich", "json"] = Field(
+        "rich", description="rich (human) or json (one object a line)"
+    )
     file: Path | None = Field(None, description="Also write log lines to this file")
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -92,7 +94,9 @@ class InstanceConfig(FrozenModel):
     type: InstanceType
     host: str | None = Field(None, description="Server host name or address (default localhost)")
     port: int | None = Field(None, ge=1, le=65535, description="Server port (default per type)")
-    socket: Path | None = Field(None, description="Unix socket directory (PostgreSQL) or file (MySQL)")
+    socket: Path | None = Field(
+        None, description="Unix socket directory (PostgreSQL) or file (MySQL)"
+    )
     user: str | None = Field(None, description="Login user")
     database: str | None = Field(
         None, description="Maintenance database to connect to (postgres / none for MySQL)"

@@ -74,7 +74,10 @@ UserSelection = Literal["all"] | list[str]
 class Engine(Protocol):
     """What the jobs need from a DBMS module."""
 
-    kind: str
+    @property
+    def kind(self) -> str:
+        """postgresql | mysql | mariadb | sqlite."""
+        ...
 
     def server_info(self) -> ServerInfo:
         """Return the server's product and version; raise ConnectionFailed."""

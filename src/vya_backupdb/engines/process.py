@@ -165,20 +165,21 @@ class ToolReader:
         self.command = command
         self._error_cls = error_cls
         self._proc = _spawn(command, subprocess.DEVNULL, subprocess.PIPE)
-        assert self._proc.stdout is not None and self._proc.stderr is not None
+        assert self._proc.stdout is not None
+        assert self._proc.stderr is not None
         self._stdout = self._proc.stdout
         self._stderr = _StderrCollector(self._proc.stderr, command.secrets)
         self._stderr.start()
         self._eof = False
 
     def read(self, size: int = -1, /) -> bytes:
-        data = self._stdout.read(size if size and size > 0 else COPY_CHUNK)
+        data: bytes = self._stdout.read(size if size and size > 0 else COPY_CHUNK)
         if not data:
             self._eof = True
         return data
 
     def readinto(self, buffer: bytearray | memoryview) -> int:
-        n = self._stdout.readinto(buffer)  # type: ignore[attr-defined]
+        n = self._stdout.readinto(buffer)
         if not n:
             self._eof = True
         return int(n or 0)

@@ -1,0 +1,98 @@
+"""`vya-backupdb backup` (alias `b`)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from vya_backupdb.cli.context import get_app, handle_errors, render_error
+from vya_backupdb.cli.render import human_bytes, human_seconds, plain_json
+from vya_backupdb.errors import BackupFailed
+
+
+def backup(
+    ctx: typer.Context,
+    instances: Annotated[
+        list[str] | None, typer.Argument(help="Instances to back up (default: all)")
+    ] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Back up every configured instance")] = False,
+    database: Annotated[
+        list[str] | None,
+        typer.Option("--database", "-d", help="Only this database (repeatable)"),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Connect and list what would be backed up")
+    ] = False,
+    no_users: Annotated[bool, typer.Option("--no-users", help="Skip the users/roles file")] = False,
+    strategy: Annotated[
+        str | None,
+        typer.Option(help="files instances: full | incremental | differential"),
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the run as JSON")] = False,
+) -> None:
+    """Back up databases (one file per database) and users of the given instances.
+
+    Exit status: 0 when every backup succeeded; when some failed, the exit code of their
+    error if they all failed the same way (e.g. 4 connection), else 6.
+    """
+    from vya_backupdb.jobs.backup import BackupJob, BackupRequest
+
+    app = get_app(ctx)
+    loaded = app.loaded()
+    if database and len(instances or []) != 1:
+        from vya_backupdb.errors import UsageError
+
+        raise UsageError("--database needs exactly one instance", hint="e.g. backup pg01 -d app")
+    request = BackupRequest(
+        instances=() if all_ else tuple(instances or ()),
+        databases=tuple(database or ()),
+        dry_run=dry_run,
+        users=False if no_users else None,
+        strategy=strategy,
+    )
+    run = BackupJob(loaded).run(request)
+    if json_out:
+        typer.echo(plain_json(run.as_dict()))
+    else:
+        _render(app.out, run, dry_run)
+        for failed in run.failed:
+            if failed.error is not None:
+                render_error(failed.error)
+    if run.failed:
+        codes = {r.error.exit_code for r in run.failed if r.error is not None}
+        raise typer.Exit(codes.pop() if len(codes) == 1 else BackupFailed.exit_code)
+
+
+def _render(console, run, dry_run: bool) -> None:  # type: ignore[no-untyped-def]
+    title = "Backup plan (dry run: nothing written)" if dry_run else f"Backup run {run.run_id}"
+    table = Table(title=title)
+    for column in ("instance", "database", "status", "size", "duration", "rate", "file"):
+        table.add_column(column)
+    for r in run.results:
+        size = human_bytes(r.estimated_bytes) + " (est.)" if dry_run else human_bytes(r.size_bytes)
+        rate = (
+            f"{human_bytes(int(r.raw_bytes / r.duration_seconds))}/s"
+            if r.duration_seconds and r.raw_bytes
+            else ""
+        )
+        status = {"success": "✅ ok", "failed": "❌ failed", "planned": "• planned"}[r.status]
+        table.add_row(
+            r.instance,
+            r.database,
+            status,
+            size,
+            "" if dry_run else human_seconds(r.duration_seconds),
+            rate,
+            r.record.file_info.name if r.record else "",
+        )
+    console.print(table)
+    if not dry_run:
+        ok = sum(1 for r in run.results if r.status == "success")
+        console.print(f"{ok} succeeded, {len(run.failed)} failed. Run log: {run.run_log}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("backup")(handle_errors(backup))
+    app.command("b", hidden=True)(handle_errors(backup))

@@ -1,0 +1,106 @@
+"""The small application object passed to every command, and error rendering."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+
+from vya_backupdb.errors import VyaError
+
+if TYPE_CHECKING:
+    from vya_backupdb.config.loader import LoadedConfig
+    from vya_backupdb.config.models import Settings
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass
+class AppContext:
+    """Global options, and the configuration loaded once on first use."""
+
+    config_path: Path | None = None
+    env: str | None = None
+    log_format: str | None = None
+    log_file: Path | None = None
+    verbosity: int = 0
+    _loaded: LoadedConfig | None = field(default=None, repr=False)
+    _logging_ready: bool = field(default=False, repr=False)
+
+    @property
+    def out(self) -> Console:
+        return Console(highlight=False, soft_wrap=True)
+
+    @property
+    def err(self) -> Console:
+        return Console(stderr=True, highlight=False, soft_wrap=True)
+
+    def loaded(self) -> LoadedConfig:
+        """Return the validated configuration; raise ConfigError when it is missing or bad."""
+        if self._loaded is None:
+            from vya_backupdb.config.loader import load_settings
+
+            self._loaded = load_settings(self.config_path, self.env)
+            self.setup_logging()
+        return self._loaded
+
+    @property
+    def settings(self) -> Settings:
+        return self.loaded().settings
+
+    def setup_logging(self) -> None:
+        """Configure logging from the flags, falling back to the config's logging section."""
+        if self._logging_ready:
+            return
+        from vya_backupdb.observability.logging import configure
+
+        cfg = self._loaded.settings.logging if self._loaded is not None else None
+        configure(
+            fmt=self.log_format or (cfg.format if cfg else "rich"),
+            file=self.log_file or (cfg.file if cfg else None),
+            verbosity=self.verbosity,
+        )
+        self._logging_ready = True
+
+
+def get_app(ctx: typer.Context) -> AppContext:
+    obj = ctx.obj if ctx.obj is not None else ctx.find_root().obj
+    if not isinstance(obj, AppContext):  # pragma: no cover - only when invoked oddly
+        obj = AppContext()
+        ctx.obj = obj
+    return obj
+
+
+def render_error(error: VyaError) -> None:
+    """Print an error, its details and its hint to stderr (never a traceback)."""
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    console.print(f"[bold red]error:[/] {error.message}", markup=True)
+    if error.details:
+        for line in error.details.rstrip().splitlines():
+            console.print(f"  {line}", markup=False)
+    if error.hint:
+        console.print(f"[yellow]hint:[/] {error.hint}", markup=True)
+
+
+def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """Turn VyaError into a rendered message and its documented exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except VyaError as error:
+            render_error(error)
+            raise typer.Exit(error.exit_code) from None
+        except KeyboardInterrupt:
+            sys.stderr.write("interrupted: partial output was removed\n")
+            raise typer.Exit(130) from None
+
+    return wrapper

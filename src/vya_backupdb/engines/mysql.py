@@ -1,0 +1,1076 @@
+"""MySQL and MariaDB: dumps with mariadb-dump/mysqldump, restores with the mariadb/mysql client.
+
+How a database travels:
+
+* ``dump`` runs ``mariadb-dump --single-transaction --quick --routines --triggers --events
+  --hex-blob --default-character-set=utf8mb4 --tz-utc --no-tablespaces`` on *one* database and
+  without ``--databases``: the dump holds no ``CREATE DATABASE``/``USE``, so it restores under any
+  name without touching the text of the data. ``--single-transaction`` gives a consistent
+  snapshot of InnoDB tables without locking them. When binary logging is on, ``--master-data=2``
+  (``--source-data=2`` for MySQL 8 tools, plus ``--gtid`` on MariaDB) writes the binlog
+  coordinates of that snapshot as comments; they are read from the stream on the fly into
+  ``DumpStream.info["binlog"]`` (this needs the RELOAD privilege and, on MariaDB, BINLOG MONITOR).
+  Values are dumped in UTC (``--tz-utc``) and utf8mb4; binary data as hex literals.
+* ``restore`` creates a missing target with the source's character set, collation and comment,
+  then streams the dump into ``mariadb --binary-mode --default-character-set=utf8mb4``: the
+  client character set is explicit and the dump sets ``TIME_ZONE='+00:00'`` itself, so the
+  target server's defaults (``character_set_server``, ``time_zone``) never change a value.
+  By hand: ``zstd -dc FILE.sql.zst | mariadb --default-character-set=utf8mb4 --binary-mode DB``.
+
+The password reaches the tools only through a 0600 ``--defaults-extra-file`` (always the first
+option, as the tools require) and PyMySQL through its ``password`` argument; never argv, never
+an error message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import json
+import re
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import pymysql
+import pymysql.cursors
+
+from vya_backupdb.config.models import InstanceConfig
+from vya_backupdb.engines.base import (
+    DatabaseInfo,
+    DumpStream,
+    RestoreOptions,
+    ServerInfo,
+    UserInfo,
+    UserSelection,
+)
+from vya_backupdb.engines.process import (
+    Command,
+    Readable,
+    ToolReader,
+    feed,
+    find_tool,
+    mask,
+    secret_file,
+    tool_version,
+)
+from vya_backupdb.errors import (
+    BackupFailed,
+    ConnectionFailed,
+    NotFoundError,
+    RestoreFailed,
+    UsageError,
+    VyaError,
+)
+
+CLIENT_PACKAGE = "mariadb-client"
+
+#: Tools by instance type, preferred first. On Debian ``mysqldump``/``mysql`` are links to the
+#: MariaDB tools; a real MySQL installation is better served by its own tools.
+DUMP_TOOLS: dict[str, tuple[str, ...]] = {
+    "mariadb": ("mariadb-dump", "mysqldump"),
+    "mysql": ("mysqldump", "mariadb-dump"),
+}
+CLIENT_TOOLS: dict[str, tuple[str, ...]] = {
+    "mariadb": ("mariadb", "mysql"),
+    "mysql": ("mysql", "mariadb"),
+}
+
+DUMP_OPTIONS: tuple[str, ...] = (
+    "--single-transaction",
+    "--quick",
+    "--routines",
+    "--triggers",
+    "--events",
+    "--hex-blob",
+    "--default-character-set=utf8mb4",
+    "--tz-utc",
+    "--no-tablespaces",
+)
+RESTORE_OPTIONS: tuple[str, ...] = ("--binary-mode", "--default-character-set=utf8mb4")
+
+#: Accounts every server creates itself; ``restore_globals(users="all")`` leaves them alone.
+BUILTIN_USERS: frozenset[str] = frozenset(
+    {
+        "root",
+        "mariadb.sys",
+        "mysql",
+        "PUBLIC",
+        "mysql.session",
+        "mysql.sys",
+        "mysql.infoschema",
+        "healthcheck",
+        "debian-sys-maint",
+    }
+)
+
+USERS_FILE_FORMAT = 1
+_ACCOUNT_MARK = "-- vya-account: "
+_END_MARK = "-- vya-end"
+_HEAD_BYTES = 64 * 1024
+_TAIL_BYTES = 16 * 1024
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_]+$")
+_SECRET_LITERAL = re.compile(r"\b(PASSWORD|USING|AS|BY)\s+'(?:[^'\\]|\\.|'')*'", re.IGNORECASE)
+
+_ACCESS_DENIED = 1045
+_UNKNOWN_DATABASE = 1049
+_CONNECT_ERRORS = frozenset({1045, 1044, 1129, 1130, 1251, 2002, 2003, 2005, 2006, 2013})
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure helpers: quoting, option files and argv
+# ---------------------------------------------------------------------------------------------
+
+
+def quote_identifier(name: str) -> str:
+    """Return ``name`` as a backtick-quoted identifier (backticks doubled)."""
+    return "`" + name.replace("`", "``") + "`"
+
+
+def quote_string(value: str) -> str:
+    """Return ``value`` as a single-quoted SQL string literal (works in any sql_mode)."""
+    escaped = value.replace("\\", "\\\\").replace("'", "''").replace("\0", "\\0")
+    return "'" + escaped + "'"
+
+
+def format_account(user: str, host: str | None) -> str:
+    """Return the display name of an account: ``'user'@'host'``, or ``user`` for a role."""
+    if host is None:
+        return user
+    return f"{quote_string(user)}@{quote_string(host)}"
+
+
+_ACCOUNT_PART = r"(?:'((?:[^']|'')*)'|`((?:[^`]|``)*)`|\"((?:[^\"]|\"\")*)\"|([^@'`\"]*))"
+_ACCOUNT_RE = re.compile(rf"^{_ACCOUNT_PART}(?:@{_ACCOUNT_PART})?$")
+
+
+def parse_account(text: str) -> tuple[str, str | None]:
+    """Return ``(user, host)`` of ``'u'@'h'``, ```u`@`h```, ``u@h`` or ``u`` (host None).
+
+    Raise UsageError when the text is not an account name.
+    """
+    match = _ACCOUNT_RE.match(text.strip())
+    if match is None:
+        raise UsageError(
+            f"{text!r} is not an account name",
+            hint="Write accounts as name, name@host or 'name'@'host'.",
+        )
+    groups = match.groups()
+
+    def part(values: tuple[str | None, ...]) -> str | None:
+        single, back, double, bare = values
+        if single is not None:
+            return single.replace("''", "'")
+        if back is not None:
+            return back.replace("``", "`")
+        if double is not None:
+            return double.replace('""', '"')
+        return bare
+
+    return part(groups[:4]) or "", part(groups[4:])
+
+
+def option_file_value(value: str) -> str:
+    """Return ``value`` double-quoted and escaped for a MySQL option file."""
+    escaped = (
+        value.replace("\\", "\\\\")
+        .replace('"', '\\"')
+        .replace("\n", "\\n")
+        .replace("\r", "\\r")
+        .replace("\t", "\\t")
+    )
+    return f'"{escaped}"'
+
+
+def make_defaults_file(user: str, password: str | None) -> str:
+    """Return the content of the 0600 ``--defaults-extra-file`` holding the login."""
+    lines = ["[client]", f"user={option_file_value(user)}"]
+    if password is not None:
+        lines.append(f"password={option_file_value(password)}")
+    return "\n".join(lines) + "\n"
+
+
+def make_connection_args(instance: InstanceConfig) -> list[str]:
+    """Return the client options that say where the server is (no credentials).
+
+    Without a socket the protocol is forced to TCP: the tools would otherwise take
+    ``localhost`` to mean the default socket while PyMySQL connects over TCP, and the two could
+    reach different servers or accounts.
+    """
+    if instance.socket is not None:
+        return [f"--socket={instance.socket}", "--protocol=SOCKET"]
+    return [
+        f"--host={instance.effective_host}",
+        f"--port={instance.effective_port}",
+        "--protocol=TCP",
+    ]
+
+
+def binlog_dump_options(tool_version_text: str, product: str) -> list[str]:
+    """Return the options that record the binlog coordinates of the dump's snapshot.
+
+    MySQL 8.0.26 renamed ``--master-data`` to ``--source-data`` (the old name is gone in 8.4);
+    MariaDB tools keep ``--master-data`` and add ``--gtid`` for the GTID position.
+    """
+    if "MariaDB" in tool_version_text:
+        return ["--master-data=2", "--gtid"] if product == "MariaDB" else ["--master-data=2"]
+    match = re.search(r"(\d+)\.(\d+)\.(\d+)", tool_version_text)
+    if match and tuple(int(x) for x in match.groups()) >= (8, 0, 26):
+        return ["--source-data=2"]
+    return ["--master-data=2"]
+
+
+def make_dump_command(
+    tool: str,
+    defaults_file: Path,
+    instance: InstanceConfig,
+    db: str,
+    *,
+    binlog_options: Sequence[str] = (),
+    password: str | None = None,
+) -> Command:
+    """Return the dump command of ``db``: defaults file first, the database last."""
+    argv = [
+        tool,
+        f"--defaults-extra-file={defaults_file}",
+        *make_connection_args(instance),
+        *DUMP_OPTIONS,
+        *binlog_options,
+        *instance.dump_options,
+        # "--" so a database named like an option stays a database name.
+        "--",
+        db,
+    ]
+    return Command(argv=argv, secrets=(password,) if password else ())
+
+
+def make_restore_command(
+    tool: str,
+    defaults_file: Path,
+    instance: InstanceConfig,
+    db: str,
+    *,
+    password: str | None = None,
+) -> Command:
+    """Return the client command that executes a dump read from stdin inside ``db``."""
+    argv = [
+        tool,
+        f"--defaults-extra-file={defaults_file}",
+        *make_connection_args(instance),
+        *RESTORE_OPTIONS,
+        f"--database={db}",
+    ]
+    return Command(argv=argv, secrets=(password,) if password else ())
+
+
+_CHANGE_MASTER = re.compile(
+    r"CHANGE (?:MASTER|REPLICATION SOURCE) TO (?:MASTER|SOURCE)_LOG_FILE='([^']+)',\s*"
+    r"(?:MASTER|SOURCE)_LOG_POS=(\d+)"
+)
+_MARIADB_GTID = re.compile(r"SET GLOBAL gtid_slave_pos='([^']*)'")
+_MYSQL_GTID = re.compile(r"GTID_PURGED=(?:/\*!80000 '\+'\*/ )?'([^']*)'")
+
+
+def parse_binlog_coordinates(head: str, tail: str = "") -> dict[str, Any] | None:
+    """Return ``{"file", "position", "gtid"}`` from a dump's header and trailer, or None.
+
+    ``--master-data=2`` writes the position as a comment near the top; MariaDB's ``--gtid``
+    writes the GTID position at the end, MySQL's GTID_PURGED near the top.
+    """
+    match = _CHANGE_MASTER.search(head)
+    if match is None:
+        return None
+    gtid = None
+    for pattern, text in ((_MARIADB_GTID, tail), (_MARIADB_GTID, head), (_MYSQL_GTID, head)):
+        found = pattern.findall(text)
+        if found:
+            gtid = found[-1]
+            break
+    return {"file": match.group(1), "position": int(match.group(2)), "gtid": gtid or None}
+
+
+def version_number(version: str) -> int:
+    """Return ``10.11.19-MariaDB-log`` as 101119 (major*10000 + minor*100 + patch)."""
+    match = re.match(r"(\d+)\.(\d+)\.(\d+)", version)
+    if match is None:
+        return 0
+    major, minor, patch = (int(x) for x in match.groups())
+    return major * 10000 + minor * 100 + patch
+
+
+def mask_sql_secrets(text: str) -> str:
+    """Return ``text`` with password hashes and auth strings replaced by ``'****'``."""
+    return _SECRET_LITERAL.sub(lambda m: f"{m.group(1)} '****'", text)
+
+
+# ---------------------------------------------------------------------------------------------
+# Streams
+# ---------------------------------------------------------------------------------------------
+
+
+class IteratorReader:
+    """A Readable over an iterator of byte chunks (keeps at most one chunk in memory)."""
+
+    def __init__(self, chunks: Iterator[bytes]):
+        self._chunks = chunks
+        self._buffer = b""
+
+    def read(self, size: int = -1, /) -> bytes:
+        if size is None or size < 0:
+            size = 1024 * 1024
+        while len(self._buffer) < size:
+            try:
+                self._buffer += next(self._chunks)
+            except StopIteration:
+                break
+        out, self._buffer = self._buffer[:size], self._buffer[size:]
+        return out
+
+
+class BinlogScanner:
+    """Pass a dump through unchanged while keeping its head and tail to read coordinates."""
+
+    def __init__(self, reader: Readable):
+        self._reader = reader
+        self._head = b""
+        self._tail = b""
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = self._reader.read(size)
+        if len(self._head) < _HEAD_BYTES:
+            self._head += data[: _HEAD_BYTES - len(self._head)]
+        if data:
+            self._tail = (self._tail + data[-_TAIL_BYTES:])[-_TAIL_BYTES:]
+        return data
+
+    def coordinates(self) -> dict[str, Any] | None:
+        """Return the binlog coordinates seen in the stream, or None."""
+        return parse_binlog_coordinates(
+            self._head.decode("utf-8", errors="replace"),
+            self._tail.decode("utf-8", errors="replace"),
+        )
+
+
+def iter_lines(reader: Readable, chunk_size: int = 64 * 1024) -> Iterator[str]:
+    """Yield the lines of a UTF-8 stream without their line ends, reading in chunks."""
+    pending = b""
+    while chunk := reader.read(chunk_size):
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            yield line.decode("utf-8", errors="replace").rstrip("\r")
+    if pending:
+        yield pending.decode("utf-8", errors="replace").rstrip("\r")
+
+
+# ---------------------------------------------------------------------------------------------
+# The users file: one block per account, parsed and filtered by pure functions
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AccountBlock:
+    """The statements that recreate one account (``host`` is None for a MariaDB role)."""
+
+    user: str
+    host: str | None
+    statements: tuple[str, ...]
+    #: Roles this account is granted: they must exist before its GRANT role statements run.
+    requires: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return format_account(self.user, self.host)
+
+    @property
+    def is_role(self) -> bool:
+        return self.host is None
+
+    @property
+    def builtin(self) -> bool:
+        return is_builtin_user(self.user)
+
+
+def is_builtin_user(user: str) -> bool:
+    """Return True for accounts the server creates itself (root, mariadb.sys, mysql.*, ...)."""
+    return user in BUILTIN_USERS or user.startswith("mysql.")
+
+
+def render_users_header(server: ServerInfo, names: Sequence[str]) -> str:
+    """Return the comment header of a users file, listing its accounts."""
+    lines = [
+        f"-- VYA BackupDB users file (format {USERS_FILE_FORMAT})",
+        f"-- Server: {server.product} {server.version}",
+        "-- Restore: vya-backupdb users restore --file FILE --all   (skips built-in accounts)",
+        "--      or: mariadb --default-character-set=utf8mb4 < FILE   (applies every account)",
+        f"-- Accounts ({len(names)}):",
+        *(f"--   {name}" for name in names),
+        "",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def render_account_block(block: AccountBlock) -> str:
+    """Return ``block`` as SQL text: a JSON marker comment, one statement a line, an end mark."""
+    marker = json.dumps(
+        {"user": block.user, "host": block.host, "requires": list(block.requires)},
+        ensure_ascii=False,
+    )
+    body = "".join(f"{statement};\n" for statement in block.statements)
+    return f"{_ACCOUNT_MARK}{marker}\n{body}{_END_MARK}\n\n"
+
+
+def parse_users_file(lines: Iterable[str]) -> Iterator[AccountBlock]:
+    """Yield the account blocks of a users file; raise RestoreFailed when it is malformed."""
+    current: dict[str, Any] | None = None
+    statements: list[str] = []
+    pending: list[str] = []
+    for number, line in enumerate(lines, start=1):
+        if line.startswith(_ACCOUNT_MARK):
+            if current is not None:
+                raise RestoreFailed(f"users file line {number}: account block not closed")
+            try:
+                current = json.loads(line[len(_ACCOUNT_MARK) :])
+            except json.JSONDecodeError:
+                raise RestoreFailed(f"users file line {number}: bad account marker") from None
+            statements, pending = [], []
+        elif line.startswith(_END_MARK):
+            if current is None or pending:
+                raise RestoreFailed(f"users file line {number}: unexpected end of block")
+            yield AccountBlock(
+                user=str(current["user"]),
+                host=None if current.get("host") is None else str(current["host"]),
+                statements=tuple(statements),
+                requires=tuple(str(r) for r in current.get("requires", ())),
+            )
+            current = None
+        elif current is not None and (pending or (line.strip() and not line.startswith("--"))):
+            pending.append(line)
+            # Statements end with ';' at the end of a line (SHOW GRANTS output is one line).
+            if line.rstrip().endswith(";"):
+                statements.append("\n".join(pending).rstrip()[:-1])
+                pending = []
+    if current is not None:
+        raise RestoreFailed("users file ends inside an account block (truncated?)")
+
+
+def account_matches(block: AccountBlock, selector: str) -> bool:
+    """Return True when ``selector`` (``name``, ``name@host``, ``'n'@'h'``) names ``block``."""
+    user, host = parse_account(selector)
+    if user != block.user:
+        return False
+    return host is None or host == block.host
+
+
+def select_blocks(
+    blocks: Iterable[AccountBlock], users: UserSelection, exclude: Sequence[str]
+) -> Iterator[AccountBlock]:
+    """Yield the blocks to apply, each role before the accounts that are granted it.
+
+    ``"all"`` means every non built-in account; a list names accounts (built-ins included when
+    named). ``exclude`` always wins. Roles a selected account needs are applied too (unless
+    excluded). Role blocks are held until needed — a file lists roles first.
+    """
+    held: dict[str, AccountBlock] = {}
+    emitted: set[str] = set()
+
+    def excluded(block: AccountBlock) -> bool:
+        return any(account_matches(block, sel) for sel in exclude)
+
+    def selected(block: AccountBlock) -> bool:
+        if excluded(block):
+            return False
+        if users == "all":
+            return not block.builtin
+        return any(account_matches(block, sel) for sel in users)
+
+    def with_roles(role: str, chain: tuple[str, ...] = ()) -> Iterator[AccountBlock]:
+        block = held.get(role)
+        if block is None or role in emitted or role in chain or excluded(block):
+            return
+        for needed in block.requires:
+            yield from with_roles(needed, (*chain, role))
+        if role not in emitted:
+            emitted.add(role)
+            yield block
+
+    for block in blocks:
+        if block.is_role:
+            held[block.user] = block
+            if selected(block):
+                yield from with_roles(block.user)
+        elif selected(block):
+            for needed in block.requires:
+                yield from with_roles(needed)
+            yield block
+
+
+def _grantee_pattern(quoted: str) -> re.Pattern[str]:
+    return re.compile(rf" TO {re.escape(quoted)}(?:$|\s)")
+
+
+def own_grant_lines(grants: Iterable[str], quoted: str) -> list[str]:
+    """Return the SHOW GRANTS lines that grant to ``quoted`` itself.
+
+    SHOW GRANTS FOR a role also lists the grants of the roles it holds; those belong to the
+    other roles' blocks (which may not exist yet when this block runs).
+    """
+    pattern = _grantee_pattern(quoted)
+    return [g for g in grants if g.startswith("SET DEFAULT ROLE") or pattern.search(g)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The engine
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _ToolSet:
+    dump: str
+    client: str
+    dump_version: str = field(default="")
+
+
+class MysqlEngine:
+    """The Engine for ``mysql`` and ``mariadb`` instances (see the module docstring)."""
+
+    def __init__(self, instance: InstanceConfig, password: str | None):
+        self.kind = instance.type
+        self._instance = instance
+        self._password = password
+        # The tools would default to the OS user name; PyMySQL must use the same account.
+        self._user = instance.user or getpass.getuser()
+        self._server: ServerInfo | None = None
+
+    # -- connections ---------------------------------------------------------------------
+
+    def _where(self) -> str:
+        if self._instance.socket is not None:
+            return f"socket {self._instance.socket}"
+        return f"{self._instance.effective_host}:{self._instance.effective_port}"
+
+    def _connection_failed(self, exc: pymysql.err.MySQLError) -> ConnectionFailed:
+        code = exc.args[0] if exc.args else 0
+        text = mask(str(exc.args[1] if len(exc.args) > 1 else exc), [self._password or ""])
+        instance_id = self._instance.id
+        if code == _ACCESS_DENIED:
+            cause = (
+                f"the server refused user {self._user!r}: check the password and that the "
+                f"account exists for the host you connect from (SHOW GRANTS as an administrator)"
+            )
+        else:
+            cause = (
+                f"check that the server runs and that {self._where()} is reachable from here "
+                "(firewall, bind-address, skip-networking)"
+            )
+        return ConnectionFailed(
+            f"cannot connect to {self.kind} instance {instance_id!r} at {self._where()} "
+            f"as {self._user!r}: {text}",
+            hint=f"{cause}; then run: vya-backupdb connection test --instance {instance_id}",
+        )
+
+    def _connect(self, database: str | None = None) -> pymysql.connections.Connection:
+        kwargs: dict[str, Any] = {
+            "user": self._user,
+            "password": self._password or "",
+            "database": database,
+            "charset": "utf8mb4",
+            "autocommit": True,
+            "connect_timeout": 10,
+        }
+        if self._instance.socket is not None:
+            kwargs["unix_socket"] = str(self._instance.socket)
+        else:
+            kwargs["host"] = self._instance.effective_host
+            kwargs["port"] = self._instance.effective_port
+        try:
+            return pymysql.connect(**kwargs)
+        except pymysql.err.MySQLError as exc:
+            raise self._connection_failed(exc) from None
+
+    @contextlib.contextmanager
+    def _cursor(
+        self, error_cls: type[VyaError] = ConnectionFailed, what: str = "query"
+    ) -> Iterator[pymysql.cursors.Cursor]:
+        conn = self._connect()
+        try:
+            with conn.cursor() as cur:
+                yield cur
+        except pymysql.err.MySQLError as exc:
+            code = exc.args[0] if exc.args else 0
+            if code in _CONNECT_ERRORS:
+                raise self._connection_failed(exc) from None
+            message = mask_sql_secrets(
+                mask(str(exc.args[1] if len(exc.args) > 1 else exc), [self._password or ""])
+            )
+            raise error_cls(
+                f"{what} failed on instance {self._instance.id!r}: {message}",
+                hint="Check the privileges of the configured user (SHOW GRANTS) and run: "
+                f"vya-backupdb connection test --instance {self._instance.id}",
+            ) from None
+        finally:
+            conn.close()
+
+    def _query(
+        self, sql: str, args: Any = None, error_cls: type[VyaError] = ConnectionFailed
+    ) -> list[tuple[Any, ...]]:
+        with self._cursor(error_cls) as cur:
+            cur.execute(sql, args)
+            return list(cur.fetchall())
+
+    def _tools(self) -> _ToolSet:
+        kind = self.kind if self.kind in DUMP_TOOLS else "mariadb"
+        return _ToolSet(
+            dump=find_tool(DUMP_TOOLS[kind], CLIENT_PACKAGE),
+            client=find_tool(CLIENT_TOOLS[kind], CLIENT_PACKAGE),
+        )
+
+    # -- information ---------------------------------------------------------------------
+
+    def server_info(self) -> ServerInfo:
+        """Return product (MariaDB/MySQL) and version; raise ConnectionFailed."""
+        if self._server is None:
+            version = str(self._query("SELECT VERSION()")[0][0])
+            product = "MariaDB" if "mariadb" in version.lower() else "MySQL"
+            self._server = ServerInfo(product, version.split("-")[0], version_number(version))
+        return self._server
+
+    def list_databases(self) -> list[DatabaseInfo]:
+        """Return every database with its data+index size (system databases included)."""
+        rows = self._query(
+            "SELECT s.SCHEMA_NAME, SUM(t.DATA_LENGTH + t.INDEX_LENGTH)"
+            " FROM information_schema.SCHEMATA s"
+            " LEFT JOIN information_schema.TABLES t ON t.TABLE_SCHEMA = s.SCHEMA_NAME"
+            " GROUP BY s.SCHEMA_NAME ORDER BY s.SCHEMA_NAME"
+        )
+        return [
+            DatabaseInfo(str(name), int(size) if size is not None else 0) for name, size in rows
+        ]
+
+    def database_exists(self, db: str) -> bool:
+        rows = self._query(
+            "SELECT 1 FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s", (db,)
+        )
+        return bool(rows)
+
+    def database_properties(self, db: str) -> dict[str, Any]:
+        """Return ``character_set``, ``collation`` and (MariaDB ≥ 10.5) ``comment`` of ``db``.
+
+        Raise NotFoundError when ``db`` does not exist.
+        """
+        with self._cursor() as cur:
+            cur.execute("SELECT * FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s", (db,))
+            row = cur.fetchone()
+            columns = [d[0].upper() for d in cur.description or ()]
+        if row is None:
+            raise self._missing(db)
+        values = dict(zip(columns, row, strict=True))
+        properties: dict[str, Any] = {
+            "character_set": values["DEFAULT_CHARACTER_SET_NAME"],
+            "collation": values["DEFAULT_COLLATION_NAME"],
+        }
+        if values.get("SCHEMA_COMMENT"):
+            properties["comment"] = values["SCHEMA_COMMENT"]
+        return properties
+
+    def _missing(self, db: str) -> NotFoundError:
+        return NotFoundError(
+            f"database {db!r} does not exist on instance {self._instance.id!r}",
+            hint=f"List the databases with: vya-backupdb backup {self._instance.id} --dry-run",
+        )
+
+    def _tables(self, db: str, types: Sequence[str]) -> list[str]:
+        marks = ", ".join(["%s"] * len(types))
+        where = f"TABLE_SCHEMA = %s AND TABLE_TYPE IN ({marks})"  # placeholders only
+        rows = self._query(
+            "SELECT TABLE_NAME FROM information_schema.TABLES WHERE "  # noqa: S608
+            + where
+            + " ORDER BY TABLE_NAME",
+            (db, *types),
+        )
+        return [str(r[0]) for r in rows]
+
+    def table_stats(self, db: str) -> dict[str, int]:
+        """Return the exact row count of every base table of ``db`` (``COUNT(*)``)."""
+        counts: dict[str, int] = {}
+        tables = self._tables(db, ["BASE TABLE", "SYSTEM VERSIONED"])
+        with self._cursor() as cur:
+            for table in tables:
+                cur.execute(
+                    # Identifiers are quoted (backticks doubled); they cannot be parameters.
+                    f"SELECT COUNT(*) FROM {quote_identifier(db)}.{quote_identifier(table)}"  # noqa: S608
+                )
+                counts[table] = int(cur.fetchone()[0])
+        return counts
+
+    # -- dump and restore ----------------------------------------------------------------
+
+    def _log_bin(self) -> bool:
+        value = self._query("SELECT @@GLOBAL.log_bin")[0][0]
+        return str(value).upper() in ("1", "ON")
+
+    @contextlib.contextmanager
+    def _dump(self, db: str, *, binlog: bool) -> Iterator[DumpStream]:
+        tools = self._tools()
+        version = tool_version(tools.dump)
+        server = self.server_info()
+        options = binlog_dump_options(version, server.product) if binlog else []
+        info: dict[str, Any] = {"binlog": None, "server_product": server.product}
+        with secret_file(make_defaults_file(self._user, self._password), suffix=".cnf") as cnf:
+            command = make_dump_command(
+                tools.dump, cnf, self._instance, db, binlog_options=options, password=self._password
+            )
+            try:
+                with ToolReader(command, BackupFailed) as reader:
+                    scanner = BinlogScanner(reader)
+                    yield DumpStream(
+                        reader=scanner,
+                        extension="sql",
+                        tool=Path(tools.dump).name,
+                        tool_version=version,
+                        command=command.display(),
+                        format="sql",
+                        info=info,
+                    )
+            except BackupFailed as exc:
+                exc.hint = exc.hint or (
+                    f"Check that database {db!r} exists and that user {self._user!r} has SELECT, "
+                    "SHOW VIEW, TRIGGER, EVENT and LOCK TABLES on it (and RELOAD plus BINLOG "
+                    "MONITOR / REPLICATION CLIENT when binary logging is on); then run: "
+                    f"vya-backupdb connection test --instance {self._instance.id}"
+                )
+                raise
+        if binlog:
+            info["binlog"] = scanner.coordinates()
+
+    def dump(self, db: str) -> contextlib.AbstractContextManager[DumpStream]:
+        """Yield the SQL dump of ``db``; raise BackupFailed (with stderr tail) at exit on failure.
+
+        ``info["binlog"]`` holds ``{"file", "position", "gtid"}`` after the block when binary
+        logging is on (None otherwise).
+        """
+        return self._dump(db, binlog=self._log_bin())
+
+    def create_database(self, db: str, properties: dict[str, Any]) -> None:
+        """Create ``db`` with the character set, collation and comment of ``properties``."""
+        clauses: list[str] = []
+        for key, keyword in (("character_set", "CHARACTER SET"), ("collation", "COLLATE")):
+            value = properties.get(key)
+            if value:
+                if not _NAME_PATTERN.match(str(value)):
+                    raise RestoreFailed(f"invalid {key} {value!r} in the backup's metadata")
+                clauses.append(f"{keyword} {value}")
+        if properties.get("comment"):
+            clauses.append(f"COMMENT {quote_string(str(properties['comment']))}")
+        with self._cursor(RestoreFailed, f"creating database {db!r}") as cur:
+            cur.execute(f"CREATE DATABASE {quote_identifier(db)} {' '.join(clauses)}".rstrip())
+
+    def restore(self, db: str, stream: Readable, options: RestoreOptions) -> None:
+        """Stream a SQL dump into ``db``, creating it with the source's properties if missing.
+
+        ``options.tables`` is refused (UsageError): a MySQL dump is one SQL script, restored
+        whole. ``options.owner`` is ignored: MySQL databases have no owner; the DEFINERs of
+        views and routines are kept as dumped. Raise RestoreFailed with the client's stderr tail.
+        """
+        if options.tables:
+            raise UsageError(
+                "--tables is not supported for MySQL/MariaDB backups (they are one SQL script)",
+                hint="Restore the whole backup into a scratch database with --target NAME, then "
+                "copy the tables you need (INSERT ... SELECT or mariadb-dump of those tables).",
+            )
+        tools = self._tools()
+        if not self.database_exists(db):
+            self.create_database(db, options.database_properties)
+        with secret_file(make_defaults_file(self._user, self._password), suffix=".cnf") as cnf:
+            command = make_restore_command(
+                tools.client, cnf, self._instance, db, password=self._password
+            )
+            try:
+                feed(command, stream, RestoreFailed)
+            except RestoreFailed as exc:
+                exc.hint = exc.hint or (
+                    f"Database {db!r} may be partly restored: restore again with --recreate, "
+                    "or drop it. Dumps from a newer server (e.g. MySQL 8 collations, MariaDB's "
+                    "sandbox line) may need a matching client and server."
+                )
+                raise
+
+    def drop_database(self, db: str) -> None:
+        """Drop ``db`` (nothing happens when it does not exist); raise RestoreFailed."""
+        with self._cursor(RestoreFailed, f"dropping database {db!r}") as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {quote_identifier(db)}")
+
+    def _has_code_objects(self, db: str) -> bool:
+        counts = self._query(
+            "SELECT (SELECT COUNT(*) FROM information_schema.VIEWS WHERE TABLE_SCHEMA = %s)"
+            " + (SELECT COUNT(*) FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = %s)"
+            " + (SELECT COUNT(*) FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = %s)"
+            " + (SELECT COUNT(*) FROM information_schema.EVENTS WHERE EVENT_SCHEMA = %s)",
+            (db, db, db, db),
+        )
+        return int(counts[0][0]) > 0
+
+    def rename_database(self, old: str, new: str) -> None:
+        """Rename ``old`` to ``new``; raise NotFoundError, or RestoreFailed when ``new`` exists.
+
+        MariaDB and MySQL have no RENAME DATABASE. When ``old`` holds only tables and
+        sequences, one atomic ``RENAME TABLE a TO new.a, ...`` moves them (metadata only).
+        Views, triggers, routines and events cannot move between databases, and recreating
+        them from SHOW CREATE would mean rewriting their text; so then the database is copied:
+        dump ``old`` → restore into ``new`` → row counts compared → ``old`` dropped. ``old`` is
+        dropped only after ``new`` is complete; on failure ``new`` is removed and ``old`` stays.
+        Privileges granted on the database name are not moved.
+        """
+        if not self.database_exists(old):
+            raise self._missing(old)
+        if self.database_exists(new):
+            raise RestoreFailed(
+                f"cannot rename {old!r} to {new!r}: database {new!r} already exists",
+                hint=f"Drop or rename {new!r} first.",
+            )
+        properties = self.database_properties(old)
+        if not self._has_code_objects(old):
+            tables = self._tables(old, ["BASE TABLE", "SEQUENCE", "SYSTEM VERSIONED"])
+            self.create_database(new, properties)
+            if tables:
+                pairs = ", ".join(
+                    f"{quote_identifier(old)}.{quote_identifier(t)} TO "
+                    f"{quote_identifier(new)}.{quote_identifier(t)}"
+                    for t in tables
+                )
+                try:
+                    with self._cursor(RestoreFailed, f"renaming {old!r} to {new!r}") as cur:
+                        cur.execute(f"RENAME TABLE {pairs}")
+                except RestoreFailed:
+                    self.drop_database(new)
+                    raise
+            self.drop_database(old)
+            return
+        self._copy_database(old, new, properties)
+        self.drop_database(old)
+
+    def _copy_database(self, old: str, new: str, properties: dict[str, Any]) -> None:
+        expected = self.table_stats(old)
+        try:
+            with self._dump(old, binlog=False) as stream:
+                self.restore(new, stream, RestoreOptions(database_properties=properties))
+            copied = self.table_stats(new)
+            if copied != expected:
+                raise RestoreFailed(
+                    f"copying {old!r} to {new!r} gave different row counts",
+                    hint="Was the database written to during the rename? Nothing was dropped.",
+                )
+        except BaseException:
+            with contextlib.suppress(VyaError):
+                self.drop_database(new)
+            raise
+
+    # -- users and grants ----------------------------------------------------------------
+
+    def _accounts(self, cur: pymysql.cursors.Cursor) -> list[tuple[str, str | None]]:
+        """Return (user, host) of every account, roles (host None) first in dependency order."""
+        if self.server_info().product == "MariaDB":
+            cur.execute("SELECT User, Host, is_role FROM mysql.user ORDER BY User, Host")
+            rows = [(str(u), str(h), str(r).upper() == "Y") for u, h, r in cur.fetchall()]
+        else:
+            cur.execute("SELECT User, Host FROM mysql.user ORDER BY User, Host")
+            rows = [(str(u), str(h), False) for u, h in cur.fetchall()]
+        roles = [u for u, _h, is_role in rows if is_role]
+        users: list[tuple[str, str | None]] = [(u, h) for u, h, is_role in rows if not is_role]
+        ordered = _order_roles(roles, {r: self._granted_roles(cur, r, None) for r in roles})
+        return [(r, None) for r in ordered] + users
+
+    def _granted_roles(self, cur: pymysql.cursors.Cursor, user: str, host: str | None) -> list[str]:
+        if self.server_info().product != "MariaDB":
+            # MySQL 8 role grants appear in SHOW GRANTS; dependency order is not computed.
+            return []
+        cur.execute(
+            "SELECT Role FROM mysql.roles_mapping WHERE User = %s AND Host = %s ORDER BY Role",
+            (user, host or ""),
+        )
+        return [str(r[0]) for r in cur.fetchall()]
+
+    def list_users(self) -> list[UserInfo]:
+        """Return every account and role (``'user'@'host'`` / role name), built-ins flagged."""
+        with self._cursor() as cur:
+            accounts = self._accounts(cur)
+        return [
+            UserInfo(
+                name=format_account(user, host),
+                builtin=is_builtin_user(user),
+                attributes={"user": user, "host": host, "role": host is None},
+            )
+            for user, host in accounts
+        ]
+
+    def _account_block(
+        self, cur: pymysql.cursors.Cursor, user: str, host: str | None
+    ) -> AccountBlock:
+        if host is None:
+            quoted = quote_identifier(user)
+            statements = [f"CREATE ROLE IF NOT EXISTS {quoted}"]
+            cur.execute("SHOW GRANTS FOR %s", (user,))
+        else:
+            quoted = f"{quote_identifier(user)}@{quote_identifier(host)}"
+            cur.execute("SHOW CREATE USER %s@%s", (user, host))
+            create = str(cur.fetchone()[0])
+            body = create[len("CREATE USER ") :]
+            # IF NOT EXISTS + ALTER: the file applies onto servers where the account exists.
+            statements = [f"CREATE USER IF NOT EXISTS {body}", f"ALTER USER {body}"]
+            cur.execute("SHOW GRANTS FOR %s@%s", (user, host))
+        grants = [str(row[0]) for row in cur.fetchall()]
+        statements += own_grant_lines(grants, quoted)
+        return AccountBlock(
+            user=user,
+            host=host,
+            statements=tuple(statements),
+            requires=tuple(self._granted_roles(cur, user, host)),
+        )
+
+    def _users_chunks(
+        self, conn: pymysql.connections.Connection, info: dict[str, Any]
+    ) -> Iterator[bytes]:
+        server = self.server_info()
+        try:
+            with conn.cursor() as cur:
+                accounts = self._accounts(cur)
+                names = [format_account(u, h) for u, h in accounts]
+                info["users"] = names
+                yield render_users_header(server, names).encode("utf-8")
+                for user, host in accounts:
+                    block = self._account_block(cur, user, host)
+                    yield render_account_block(block).encode("utf-8")
+                yield b"FLUSH PRIVILEGES;\n"
+        except pymysql.err.MySQLError as exc:
+            message = mask_sql_secrets(mask(str(exc), [self._password or ""]))
+            raise BackupFailed(
+                f"reading users and grants of instance {self._instance.id!r} failed: {message}",
+                hint="The backup user needs SELECT on the mysql schema to read accounts.",
+            ) from None
+
+    @contextlib.contextmanager
+    def _globals(self) -> Iterator[DumpStream]:
+        conn = self._connect()
+        info: dict[str, Any] = {"users": []}
+        try:
+            yield DumpStream(
+                reader=IteratorReader(self._users_chunks(conn, info)),
+                extension="sql",
+                tool="PyMySQL",
+                tool_version=pymysql.VERSION_STRING,
+                command="SHOW CREATE USER + SHOW GRANTS for each account",
+                format="sql",
+                info=info,
+            )
+        finally:
+            conn.close()
+
+    def dump_globals(self) -> contextlib.AbstractContextManager[DumpStream]:
+        """Yield users, roles and grants as a SQL stream (``info["users"]`` lists the accounts).
+
+        Each account is a block ``CREATE USER IF NOT EXISTS`` + ``ALTER USER`` (same
+        authentication) + its own ``GRANT`` lines and default role; roles come first.
+        """
+        return self._globals()
+
+    def restore_globals(
+        self, stream: Readable, users: UserSelection, exclude: list[str]
+    ) -> list[str]:
+        """Apply a users file; return the account names applied.
+
+        ``"all"`` applies every account except the built-in ones (root, mariadb.sys, ...);
+        a list applies the named accounts (``name`` = every host of ``name``), plus the roles
+        they are granted. Accounts that exist are updated, never an error; grants are added
+        (existing extra grants stay). Raise NotFoundError when a named account is not in the
+        file, RestoreFailed when a statement fails.
+        """
+        with tempfile.TemporaryFile() as spool:
+            # Spooled to disk so the selection can be checked before anything is applied.
+            _copy(stream, spool)
+            self._check_selection(spool, users)
+            spool.seek(0)
+            blocks = select_blocks(parse_users_file(iter_lines(spool)), users, exclude)
+            return self._apply_blocks(blocks)
+
+    def _check_selection(self, spool: IO[bytes], users: UserSelection) -> None:
+        if users == "all":
+            return
+        spool.seek(0)
+        names: list[AccountBlock] = []
+        missing = set(users)
+        for block in parse_users_file(iter_lines(spool)):
+            missing -= {sel for sel in missing if account_matches(block, sel)}
+            if len(names) < 20:
+                names.append(block)
+        if missing:
+            listed = ", ".join(b.name for b in names)
+            raise NotFoundError(
+                f"account(s) not in the users file: {', '.join(sorted(missing))}",
+                hint=f"The file holds: {listed}. See: vya-backupdb users list --file FILE",
+            )
+
+    def _apply_blocks(self, blocks: Iterable[AccountBlock]) -> list[str]:
+        applied: list[str] = []
+        with self._cursor(RestoreFailed, "restoring users") as cur:
+            for block in blocks:
+                for statement in block.statements:
+                    try:
+                        cur.execute(statement)
+                    except pymysql.err.MySQLError as exc:
+                        if exc.args and exc.args[0] in _CONNECT_ERRORS:
+                            raise
+                        raise RestoreFailed(
+                            f"restoring account {block.name} failed: {exc.args[-1]}",
+                            hint="The statement was: " + mask_sql_secrets(statement),
+                        ) from None
+                applied.append(block.name)
+            cur.execute("FLUSH PRIVILEGES")
+        return applied
+
+
+def _order_roles(roles: Sequence[str], requires: dict[str, list[str]]) -> list[str]:
+    """Return ``roles`` ordered so a role comes after the roles it is granted."""
+    ordered: list[str] = []
+    seen: set[str] = set()
+
+    def visit(role: str, chain: tuple[str, ...]) -> None:
+        if role in seen or role in chain or role not in requires:
+            return
+        for needed in requires[role]:
+            visit(needed, (*chain, role))
+        seen.add(role)
+        ordered.append(role)
+
+    for role in roles:
+        visit(role, ())
+    return ordered
+
+
+def _copy(source: Readable, target: IO[bytes], chunk: int = 1024 * 1024) -> None:
+    while data := source.read(chunk):
+        target.write(data)
+
+
+__all__: list[str] = [
+    "AccountBlock",
+    "BinlogScanner",
+    "IteratorReader",
+    "MysqlEngine",
+    "account_matches",
+    "binlog_dump_options",
+    "format_account",
+    "iter_lines",
+    "make_connection_args",
+    "make_defaults_file",
+    "make_dump_command",
+    "make_restore_command",
+    "own_grant_lines",
+    "parse_account",
+    "parse_binlog_coordinates",
+    "parse_users_file",
+    "quote_identifier",
+    "render_account_block",
+    "select_blocks",
+]

@@ -1,0 +1,446 @@
+"""The backup use case: every selected database of every selected instance, one object each.
+
+Per database: table stats → dump → compress → sha256 → atomic store → sidecar → record.
+One failure never stops the others; each outcome is a :class:`DatabaseResult`, and the run
+(successes and failures) is written to the run log in storage.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from vya_backupdb import __version__
+from vya_backupdb.catalog import layout
+from vya_backupdb.catalog.records import BackupInfo, BackupRecord, FileInfo
+from vya_backupdb.config.models import SYSTEM_DATABASES, InstanceConfig
+from vya_backupdb.config.selection import select_databases
+from vya_backupdb.engines.base import DumpStream, Engine, ServerInfo
+from vya_backupdb.errors import NotFoundError, UsageError, VyaError
+from vya_backupdb.jobs.store import StoredObject, write_backup_object
+from vya_backupdb.wiring import compression_for, make_catalog, make_engine, make_storage
+
+if TYPE_CHECKING:
+    from vya_backupdb.config.loader import LoadedConfig
+    from vya_backupdb.storage.base import Storage
+
+log = logging.getLogger("vya.jobs.backup")
+
+ProgressFactory = Callable[[str, str, int | None], Callable[[int], None] | None]
+
+
+@dataclass(frozen=True)
+class BackupRequest:
+    instances: tuple[str, ...] = ()  # empty: all configured instances
+    databases: tuple[str, ...] = ()  # empty: every selected database of each instance
+    dry_run: bool = False
+    users: bool | None = None  # None: per instance config
+    strategy: str | None = None  # files instances: override the configured strategy
+
+
+@dataclass
+class DatabaseResult:
+    instance: str
+    database: str
+    status: str  # success | failed | planned
+    kind: str = "database"
+    record: BackupRecord | None = None
+    error: VyaError | None = None
+    size_bytes: int = 0
+    raw_bytes: int = 0
+    estimated_bytes: int | None = None
+    duration_seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "instance": self.instance,
+            "database": self.database,
+            "kind": self.kind,
+            "status": self.status,
+            "file": self.record.file_info.name if self.record else None,
+            "size_bytes": self.size_bytes,
+            "raw_bytes": self.raw_bytes,
+            "estimated_bytes": self.estimated_bytes,
+            "duration_seconds": round(self.duration_seconds, 3),
+            "error": self.error.message if self.error else None,
+            "error_type": type(self.error).__name__ if self.error else None,
+            "stderr_tail": self.error.details if self.error else None,
+            "warnings": self.warnings,
+        }
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    started_at: datetime
+    finished_at: datetime | None = None
+    results: list[DatabaseResult] = field(default_factory=list)
+    run_log: str | None = None
+
+    @property
+    def failed(self) -> list[DatabaseResult]:
+        return [r for r in self.results if r.status == "failed"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "started_at": self.started_at.isoformat(),
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "status": "success" if self.ok else "failed",
+            "results": [r.as_dict() for r in self.results],
+        }
+
+
+def new_run_id(moment: datetime) -> str:
+    return f"{moment:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+
+
+def resolve_instances(loaded: LoadedConfig, names: tuple[str, ...]) -> list[InstanceConfig]:
+    """Return the named instances (all when none named); raise NotFoundError."""
+    settings = loaded.settings
+    if not names:
+        if not settings.instances:
+            raise UsageError(
+                "no instances are configured",
+                hint="Add one under 'instances:' (see: vya-backupdb config init).",
+            )
+        return list(settings.instances)
+    return [settings.instance(name) for name in names]
+
+
+def select_instance_databases(
+    engine: Engine, instance: InstanceConfig, requested: tuple[str, ...]
+) -> list[tuple[str, int | None]]:
+    """Return (name, estimated size) of the databases to back up; raise NotFoundError when a
+    requested database does not exist on the server."""
+    available = {d.name: d.size_bytes for d in engine.list_databases()}
+    if requested:
+        missing = [db for db in requested if db not in available]
+        if missing:
+            shown = sorted(n for n in available if n not in SYSTEM_DATABASES)
+            raise NotFoundError(
+                f"database {missing[0]!r} does not exist on instance {instance.id!r}",
+                hint=f"Databases there: {', '.join(shown) or '(none)'}",
+            )
+        return [(db, available[db]) for db in requested]
+    return [(db, available[db]) for db in select_databases(sorted(available), instance)]
+
+
+class BackupJob:
+    """Runs one backup request. The core never prints: progress goes through callbacks."""
+
+    def __init__(
+        self,
+        loaded: LoadedConfig,
+        *,
+        storage: Storage | None = None,
+        progress: ProgressFactory | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ):
+        self.loaded = loaded
+        self.settings = loaded.settings
+        self.storage = storage or make_storage(self.settings)
+        self.catalog = make_catalog(self.settings, self.storage)
+        self.progress = progress
+        self.clock = clock
+
+    def run(self, request: BackupRequest) -> RunResult:
+        run = RunResult(run_id=new_run_id(self.clock()), started_at=self.clock())
+        for instance in resolve_instances(self.loaded, request.instances):
+            run.results.extend(self.backup_instance(instance, request))
+        run.finished_at = self.clock()
+        if not request.dry_run:
+            run.run_log = self._write_run_log(run)
+        return run
+
+    def _write_run_log(self, run: RunResult) -> str | None:
+        try:
+            return self.catalog.write_run(run.started_at, run.run_id, run.as_dict())
+        except VyaError as exc:  # a run log that cannot be written must not hide results
+            log.warning("could not write the run log: %s", exc.message)
+            return None
+
+    # -- one instance ----------------------------------------------------------------------
+    def backup_instance(
+        self, instance: InstanceConfig, request: BackupRequest
+    ) -> list[DatabaseResult]:
+        if instance.type == "files":
+            from vya_backupdb.jobs.files import backup_files_instance
+
+            return [backup_files_instance(self, instance, request)]
+        try:
+            engine = make_engine(self.loaded, instance)
+            server = engine.server_info()
+            databases = select_instance_databases(engine, instance, request.databases)
+        except VyaError as exc:
+            log.error(
+                "instance %s: %s",
+                instance.id,
+                exc.message,
+                extra={"instance": instance.id, "operation": "backup", "status": "failed"},
+            )
+            return [DatabaseResult(instance.id, "*", "failed", error=exc)]
+        if request.dry_run:
+            results = [
+                DatabaseResult(instance.id, db, "planned", estimated_bytes=size)
+                for db, size in databases
+            ]
+            if self._users_wanted(instance, request) and instance.is_server:
+                results.append(DatabaseResult(instance.id, "(users)", "planned", kind="users"))
+            return results
+        results = [
+            self.backup_database(engine, server, instance, db, size) for db, size in databases
+        ]
+        if self._users_wanted(instance, request) and instance.is_server:
+            results.append(self.backup_users(engine, server, instance))
+        return results
+
+    @staticmethod
+    def _users_wanted(instance: InstanceConfig, request: BackupRequest) -> bool:
+        return instance.users if request.users is None else request.users
+
+    # -- one database ----------------------------------------------------------------------
+    def backup_database(
+        self,
+        engine: Engine,
+        server: ServerInfo,
+        instance: InstanceConfig,
+        database: str,
+        estimate: int | None = None,
+        strategy: str = "full",
+    ) -> DatabaseResult:
+        started = self.clock()
+        t0 = time.monotonic()
+        context = {"instance": instance.id, "database": database, "dbms": instance.type}
+        log.info(
+            "backing up %s/%s", instance.id, database, extra={**context, "operation": "backup"}
+        )
+        try:
+            stats = engine.table_stats(database)
+            properties = engine.database_properties(database)
+            codec, level, threads = compression_for(self.settings, instance)
+            captured: dict[str, DumpStream] = {}
+
+            def names_for(stream: DumpStream) -> layout.BackupNames:
+                captured["stream"] = stream
+                return layout.database_backup_names(
+                    self.settings.hostname,
+                    instance.id,
+                    database,
+                    started,
+                    strategy,
+                    stream.extension,
+                    codec.suffix,
+                )
+
+            names, stored = write_backup_object(
+                self.storage,
+                names_for,
+                lambda: engine.dump(database),
+                codec,
+                level,
+                threads,
+                progress=self._progress(instance.id, database, estimate),
+            )
+        except VyaError as exc:
+            return self._failed(instance, database, started, t0, exc, context)
+        except KeyboardInterrupt:
+            log.error("backup of %s/%s interrupted", instance.id, database, extra=context)
+            raise
+        dump = captured["stream"]
+        record = self._record(
+            kind="database",
+            instance=instance,
+            database=database,
+            server=server,
+            names=names,
+            stored=stored,
+            started=started,
+            duration=time.monotonic() - t0,
+            dump=dump,
+            codec_name=codec.name,
+            level=level,
+            strategy=strategy,
+            stats={"tables": stats, "table_count": len(stats), "rows": sum(stats.values())},
+            extra={"database_properties": properties, **dump.info},
+        )
+        return self._commit_record(record, stored, instance, database, t0, context)
+
+    def _commit_record(
+        self,
+        record: BackupRecord,
+        stored: StoredObject,
+        instance: InstanceConfig,
+        database: str,
+        t0: float,
+        context: dict[str, str],
+    ) -> DatabaseResult:
+        try:
+            self.catalog.save(record)
+        except BaseException:
+            self.storage.delete(stored.name)
+            self.storage.delete(stored.name + layout.SHA256_SUFFIX)
+            raise
+        duration = time.monotonic() - t0
+        ratio = stored.raw_bytes / stored.stored_bytes if stored.stored_bytes else 0.0
+        log.info(
+            "backed up %s/%s: %d bytes (%.1fx) in %.1fs",
+            instance.id,
+            database,
+            stored.stored_bytes,
+            ratio,
+            duration,
+            extra={
+                **context,
+                "operation": "backup",
+                "status": "success",
+                "duration_seconds": round(duration, 3),
+                "size_bytes": stored.stored_bytes,
+                "compression_ratio": round(ratio, 2),
+                "file": stored.name,
+            },
+        )
+        return DatabaseResult(
+            instance.id,
+            database,
+            "success",
+            kind=record.kind,
+            record=record,
+            size_bytes=stored.stored_bytes,
+            raw_bytes=stored.raw_bytes,
+            duration_seconds=duration,
+        )
+
+    def _failed(
+        self,
+        instance: InstanceConfig,
+        database: str,
+        started: datetime,
+        t0: float,
+        exc: VyaError,
+        context: dict[str, str],
+    ) -> DatabaseResult:
+        duration = time.monotonic() - t0
+        log.error(
+            "backup of %s/%s failed: %s",
+            instance.id,
+            database,
+            exc.message,
+            extra={
+                **context,
+                "operation": "backup",
+                "status": "failed",
+                "duration_seconds": round(duration, 3),
+                "error_type": type(exc).__name__,
+            },
+        )
+        return DatabaseResult(instance.id, database, "failed", error=exc, duration_seconds=duration)
+
+    def backup_users(
+        self, engine: Engine, server: ServerInfo, instance: InstanceConfig
+    ) -> DatabaseResult:
+        started = self.clock()
+        t0 = time.monotonic()
+        context = {"instance": instance.id, "database": layout.USERS_DB, "dbms": instance.type}
+        try:
+            users = engine.list_users()
+            codec, level, threads = compression_for(self.settings, instance)
+            captured: dict[str, DumpStream] = {}
+
+            def names_for(stream: DumpStream) -> layout.BackupNames:
+                captured["stream"] = stream
+                return layout.users_backup_names(
+                    self.settings.hostname, instance.id, started, codec.suffix
+                )
+
+            names, stored = write_backup_object(
+                self.storage, names_for, engine.dump_globals, codec, level, threads
+            )
+        except VyaError as exc:
+            return self._failed(instance, layout.USERS_DB, started, t0, exc, context)
+        record = self._record(
+            kind="users",
+            instance=instance,
+            database=layout.USERS_DB,
+            server=server,
+            names=names,
+            stored=stored,
+            started=started,
+            duration=time.monotonic() - t0,
+            dump=captured["stream"],
+            codec_name=codec.name,
+            level=level,
+            strategy="full",
+            stats={"users": [u.name for u in users], "user_count": len(users)},
+            extra={"builtin_users": [u.name for u in users if u.builtin]},
+        )
+        result = self._commit_record(record, stored, instance, layout.USERS_DB, t0, context)
+        result.kind = "users"
+        return result
+
+    def _record(
+        self,
+        *,
+        kind: str,
+        instance: InstanceConfig,
+        database: str,
+        server: ServerInfo,
+        names: layout.BackupNames,
+        stored: StoredObject,
+        started: datetime,
+        duration: float,
+        dump: DumpStream,
+        codec_name: str,
+        level: int,
+        strategy: str,
+        stats: dict[str, Any],
+        extra: dict[str, Any],
+    ) -> BackupRecord:
+        return BackupRecord(
+            id=names.stem,
+            kind=kind,
+            backup_info=BackupInfo(
+                instance=instance.id,
+                instance_type=instance.type,
+                database=database,
+                hostname=self.settings.hostname,
+                server_product=server.product,
+                server_version=server.version,
+                tool=dump.tool,
+                tool_version=dump.tool_version,
+                dump_command=dump.command,
+                dump_format=dump.format,
+                strategy=strategy,
+                started_at=started,
+                finished_at=started.fromtimestamp(started.timestamp() + duration, UTC),
+                duration_seconds=round(duration, 3),
+                status="success",
+                vya_version=__version__,
+            ),
+            file_info=FileInfo(
+                name=stored.name,
+                size=stored.stored_bytes,
+                raw_size=stored.raw_bytes,
+                sha256=stored.sha256,
+                extension=dump.extension,
+                compression=codec_name,
+                compression_level=level if codec_name != "none" else None,
+            ),
+            stats=stats,
+            extra={**extra, "server_version_num": server.version_num},
+        )
+
+    def _progress(
+        self, instance: str, database: str, estimate: int | None
+    ) -> Callable[[int], None] | None:
+        return self.progress(instance, database, estimate) if self.progress else None

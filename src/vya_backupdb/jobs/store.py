@@ -1,0 +1,173 @@
+"""Writing one backup object through the pipeline, and reading it back verified.
+
+``write_backup_object`` is the one place where a stream becomes a stored backup:
+source → count → compress → sha256 → atomic storage writer, then the ``.sha256`` sidecar.
+The source's own context (e.g. the dump tool's exit status) is checked *inside* the storage
+writer's block, so a failed source can never be committed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import TypeVar
+
+from vya_backupdb.catalog import layout
+from vya_backupdb.catalog.catalog import read_text, write_text
+from vya_backupdb.catalog.records import BackupRecord
+from vya_backupdb.errors import IntegrityError
+from vya_backupdb.pipeline.codecs import Codec, Readable, get_codec
+from vya_backupdb.pipeline.stream import CountingReader, HashingReader, HashingWriter, pump
+from vya_backupdb.storage.base import Storage
+
+S = TypeVar("S", bound=Readable)
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    name: str
+    raw_bytes: int
+    stored_bytes: int
+    sha256: str
+
+
+def write_backup_object(
+    storage: Storage,
+    names_for: Callable[[S], layout.BackupNames],
+    open_source: Callable[[], AbstractContextManager[S]],
+    codec: Codec,
+    level: int,
+    threads: int,
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[layout.BackupNames, StoredObject]:
+    """Stream a source into storage; return its names and what was stored.
+
+    The source is opened first (its artifact type decides the object name), then read into
+    the atomic writer, and *closed inside the writer's block*: when closing raises (the dump
+    tool exited non-zero, the run was interrupted), the partial object is discarded and the
+    error propagates. A failed dump can therefore never be committed.
+    """
+    source_cm = open_source()
+    source = source_cm.__enter__()
+    source_open = True
+    try:
+        names = names_for(source)
+        with storage.put(names.data) as sink:
+            hasher = HashingWriter(sink)
+            compressor = codec.writer(hasher, level, threads)
+            raw = pump(CountingReader(source, progress), compressor)
+            compressor.close()
+            source_open = False
+            source_cm.__exit__(None, None, None)
+    except BaseException as exc:
+        if source_open:
+            source_cm.__exit__(type(exc), exc, exc.__traceback__)
+        raise
+    try:
+        write_text(storage, names.sha256, layout.sidecar_line(hasher.sha256, names.basename))
+    except BaseException:
+        storage.delete(names.data)
+        raise
+    return names, StoredObject(names.data, raw, hasher.bytes, hasher.sha256)
+
+
+def remove_backup(storage: Storage, record_id: str, data_name: str) -> None:
+    """Delete a backup's objects: metadata first, so it never shows as good half-deleted."""
+    storage.delete(record_id + layout.METADATA_SUFFIX)
+    storage.delete(data_name)
+    storage.delete(data_name + layout.SHA256_SUFFIX)
+    storage.delete(record_id + ".manifest.jsonl.zst")
+
+
+def check_checksum(storage: Storage, record: BackupRecord) -> str:
+    """Re-hash the stored object and compare with the record and the sidecar.
+
+    Return the sha256; raise IntegrityError naming the kind of damage.
+    """
+    name = record.file_info.name
+    if not storage.exists(name):
+        raise IntegrityError(
+            f"backup object {name} is missing (its metadata record exists)",
+            hint="The file was deleted or moved; pick another backup with: vya-backupdb list",
+        )
+    size = storage.stat(name).size
+    with storage.get(name) as reader:
+        hashing = HashingReader(reader)
+        while hashing.read(1024 * 1024):
+            pass
+    digest = hashing.sha256
+    if size != record.file_info.size:
+        kind = "truncated" if size < record.file_info.size else "larger than recorded"
+        raise IntegrityError(
+            f"backup object {name} is {kind}: {size} bytes on storage, "
+            f"{record.file_info.size} recorded",
+        )
+    if digest != record.file_info.sha256:
+        raise IntegrityError(
+            f"checksum mismatch for {name}: the content changed since the backup "
+            f"(sha256 {digest[:16]}…, recorded {record.file_info.sha256[:16]}…)",
+        )
+    sidecar_name = name + layout.SHA256_SUFFIX
+    if not storage.exists(sidecar_name):
+        raise IntegrityError(
+            f"checksum sidecar {sidecar_name} is missing",
+            hint="Recreate it from the record after verifying the data: "
+            "vya-backupdb verify --file PATH",
+        )
+    try:
+        side_digest, side_name = layout.parse_sidecar(read_text(storage, sidecar_name))
+    except ValueError:
+        raise IntegrityError(f"checksum sidecar {sidecar_name} is malformed") from None
+    if side_digest != digest or side_name != name.rsplit("/", 1)[-1]:
+        raise IntegrityError(
+            f"checksum sidecar {sidecar_name} disagrees with the object and its record",
+        )
+    return digest
+
+
+@contextlib.contextmanager
+def open_backup_stream(
+    storage: Storage,
+    record: BackupRecord,
+    progress: Callable[[int], None] | None = None,
+) -> Iterator[Readable]:
+    """Yield the decompressed content of a backup; raise IntegrityError at exit when the
+    bytes read do not match the recorded checksum (a second line of defence)."""
+    codec = get_codec(record.file_info.compression)
+    with storage.get(record.file_info.name) as raw:
+        hashing = HashingReader(raw)
+        counted = CountingReader(hashing, progress)
+        reader = codec.reader(counted)
+        try:
+            yield _TranslatingReader(reader, record.file_info.name)
+        except EOFError as exc:
+            raise IntegrityError(f"{record.file_info.name}: {exc}") from None
+        # Drain what the consumer left (e.g. tar padding) so the hash covers the whole object.
+        while hashing.read(1024 * 1024):
+            pass
+        if hashing.sha256 != record.file_info.sha256:
+            raise IntegrityError(
+                f"checksum mismatch while reading {record.file_info.name}",
+            )
+
+
+class _TranslatingReader:
+    """Turn decompressor EOFErrors into IntegrityError naming the object."""
+
+    def __init__(self, reader: Readable, name: str):
+        self._reader = reader
+        self._name = name
+
+    def read(self, size: int = -1, /) -> bytes:
+        try:
+            return self._reader.read(size)
+        except EOFError as exc:
+            raise IntegrityError(
+                f"{self._name} is damaged: {exc}",
+                hint="Do not restore this file; pick another with: vya-backupdb list",
+            ) from None
+        except OSError as exc:  # zlib/lzma/bz2 raise these on corrupt data
+            raise IntegrityError(f"{self._name} is damaged: {exc}") from None

@@ -1,0 +1,254 @@
+"""Compression codecs as streaming writers (backup) and readers (restore).
+
+Each codec wraps a byte sink or source without ever holding a whole stream: compressors take
+writes of any size and emit compressed chunks as they go; decompressors read the source in
+chunks. zstd compresses on its own worker threads (the GIL is released), so compression runs
+concurrently with the dump tool that feeds us.
+"""
+
+from __future__ import annotations
+
+import bz2
+import lzma
+import os
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import zstandard
+
+from vya_backupdb.config.models import CompressionConfig
+
+CHUNK = 1024 * 1024
+
+
+class Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+class Writable(Protocol):
+    def write(self, data: bytes, /) -> int | None: ...
+
+
+class StreamWriter(Protocol):
+    """A writer that must be closed to flush its trailer (it never closes the sink)."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Codec:
+    name: str
+    #: File-name suffix added after the artifact extension ('' for none).
+    suffix: str
+    default_level: int
+    make_writer: Callable[[Writable, int, int], StreamWriter]
+    make_reader: Callable[[Readable], Readable]
+
+    def writer(self, sink: Writable, level: int | None = None, threads: int = 0) -> StreamWriter:
+        """Return a compressing writer over ``sink`` (closing it does not close ``sink``)."""
+        return self.make_writer(sink, self.default_level if level is None else level, threads)
+
+    def reader(self, source: Readable) -> Readable:
+        """Return a decompressing reader over ``source``."""
+        return self.make_reader(source)
+
+
+class _PassWriter:
+    def __init__(self, sink: Writable):
+        self._sink = sink
+
+    def write(self, data: bytes, /) -> int:
+        self._sink.write(data)
+        return len(data)
+
+    def close(self) -> None:
+        return None
+
+
+class _IncrementalWriter:
+    """Adapter for the stdlib's incremental compressor objects (zlib, bz2, lzma)."""
+
+    def __init__(self, sink: Writable, compressor: _Compressor):
+        self._sink = sink
+        self._compressor = compressor
+        self._closed = False
+
+    def write(self, data: bytes, /) -> int:
+        out = self._compressor.compress(data)
+        if out:
+            self._sink.write(out)
+        return len(data)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            tail = self._compressor.flush()
+            if tail:
+                self._sink.write(tail)
+
+
+class _Compressor(Protocol):
+    def compress(self, data: bytes, /) -> bytes: ...
+
+    def flush(self) -> bytes: ...
+
+
+class _Decompressor(Protocol):
+    def decompress(self, data: bytes, /) -> bytes: ...
+
+    @property
+    def eof(self) -> bool: ...
+
+    @property
+    def unused_data(self) -> bytes: ...
+
+
+class _IncrementalReader:
+    """Adapter turning a decompressor factory into a reader; handles concatenated members."""
+
+    def __init__(self, source: Readable, factory: Callable[[], _Decompressor], name: str):
+        self._source = source
+        self._factory = factory
+        self._name = name
+        self._dec = factory()
+        self._buffer = bytearray()
+        self._done = False
+        self._started = False
+
+    def _fill(self, want: int) -> None:
+        while len(self._buffer) < want and not self._done:
+            data = self._source.read(CHUNK)
+            if not data:
+                if self._started and not self._dec.eof:
+                    raise EOFError(f"{self._name} stream is truncated")
+                self._done = True
+                return
+            while data:
+                if self._dec.eof:
+                    # Concatenated members (e.g. `cat a.gz b.gz`): start a new decompressor.
+                    self._dec = self._factory()
+                self._started = True
+                self._buffer += self._dec.decompress(data)
+                data = self._dec.unused_data if self._dec.eof else b""
+
+    def read(self, size: int = -1, /) -> bytes:
+        want = size if size and size > 0 else CHUNK
+        self._fill(want)
+        out = bytes(self._buffer[:want])
+        del self._buffer[:want]
+        return out
+
+
+def _gzip_writer(sink: Writable, level: int, threads: int) -> StreamWriter:
+    # wbits=31: gzip container, readable by gunzip. mtime 0 keeps output reproducible.
+    return _IncrementalWriter(sink, zlib.compressobj(level, zlib.DEFLATED, 31))
+
+
+def _gzip_reader(source: Readable) -> Readable:
+    return _IncrementalReader(source, lambda: zlib.decompressobj(31), "gzip")
+
+
+def _bz2_writer(sink: Writable, level: int, threads: int) -> StreamWriter:
+    return _IncrementalWriter(sink, bz2.BZ2Compressor(level))
+
+
+def _bz2_reader(source: Readable) -> Readable:
+    return _IncrementalReader(source, bz2.BZ2Decompressor, "bzip2")
+
+
+def _xz_writer(sink: Writable, level: int, threads: int) -> StreamWriter:
+    return _IncrementalWriter(sink, lzma.LZMACompressor(format=lzma.FORMAT_XZ, preset=level))
+
+
+def _xz_reader(source: Readable) -> Readable:
+    return _IncrementalReader(source, lambda: lzma.LZMADecompressor(format=lzma.FORMAT_XZ), "xz")
+
+
+def _threads(threads: int) -> int:
+    return threads if threads > 0 else (os.cpu_count() or 1)
+
+
+class _ZstdWriter:
+    def __init__(self, sink: Writable, level: int, threads: int):
+        compressor = zstandard.ZstdCompressor(level=level, threads=_threads(threads))
+        self._writer = compressor.stream_writer(sink, closefd=False)  # type: ignore[arg-type]
+
+    def write(self, data: bytes, /) -> int:
+        self._writer.write(data)
+        return len(data)
+
+    def close(self) -> None:
+        self._writer.close()  # type: ignore[no-untyped-call]
+
+
+class _ZstdReader:
+    def __init__(self, source: Readable):
+        self._reader = zstandard.ZstdDecompressor().stream_reader(
+            source,  # type: ignore[arg-type]
+            read_across_frames=True,
+            closefd=False,
+        )
+
+    def read(self, size: int = -1, /) -> bytes:
+        try:
+            return bytes(self._reader.read(size if size and size > 0 else CHUNK))
+        except zstandard.ZstdError as exc:
+            raise EOFError(f"zstd stream is damaged or truncated: {exc}") from None
+
+
+class _Lz4Writer:
+    def __init__(self, sink: Writable, level: int, threads: int):
+        import lz4.frame
+
+        self._sink = sink
+        self._compressor = lz4.frame.LZ4FrameCompressor(compression_level=level)
+        self._sink.write(self._compressor.begin())
+
+    def write(self, data: bytes, /) -> int:
+        out = self._compressor.compress(data)
+        if out:
+            self._sink.write(out)
+        return len(data)
+
+    def close(self) -> None:
+        self._sink.write(self._compressor.flush())
+
+
+def _lz4_reader(source: Readable) -> Readable:
+    import lz4.frame
+
+    return _IncrementalReader(source, lz4.frame.LZ4FrameDecompressor, "lz4")
+
+
+CODECS: dict[str, Codec] = {
+    "none": Codec("none", "", 0, lambda s, lv, t: _PassWriter(s), lambda r: r),
+    "gzip": Codec("gzip", ".gz", 6, _gzip_writer, _gzip_reader),
+    "bzip2": Codec("bzip2", ".bz2", 9, _bz2_writer, _bz2_reader),
+    "xz": Codec("xz", ".xz", 6, _xz_writer, _xz_reader),
+    "zstd": Codec("zstd", ".zst", 3, _ZstdWriter, _ZstdReader),
+    "lz4": Codec("lz4", ".lz4", 1, _Lz4Writer, _lz4_reader),
+}
+
+
+def get_codec(name: str) -> Codec:
+    """Return the codec called ``name``; raise KeyError when unknown."""
+    return CODECS[name]
+
+
+def codec_for(config: CompressionConfig) -> tuple[Codec, int, int]:
+    """Return (codec, level, threads) for a compression config."""
+    codec = CODECS[config.algorithm]
+    level = codec.default_level if config.level is None else config.level
+    return codec, level, config.threads
+
+
+def codec_from_suffix(filename: str) -> Codec:
+    """Guess the codec from a file name (used only when no record says otherwise)."""
+    for codec in CODECS.values():
+        if codec.suffix and filename.endswith(codec.suffix):
+            return codec
+    return CODECS["none"]
