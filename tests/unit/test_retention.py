@@ -424,6 +424,44 @@ def test_retention_days_simulated_keeps_younger_than_window_only() -> None:
     assert reasons_of(decisions, "app-20260406-0100") == ("kept: younger than 3 days",)
 
 
+# --------------------------------------------------------------------------- age boundaries
+
+
+def test_retention_days_exactly_d_days_old_is_deleted_one_second_less_kept() -> None:
+    cands = [
+        success("newest", NOW),
+        success("edge", NOW - timedelta(days=5)),
+        success("inside", NOW - timedelta(days=5) + timedelta(seconds=1)),
+    ]
+    decisions = decide(RetentionConfig(retention_days=5, min_backups=0), cands, NOW)
+    assert kept(decisions) == {"newest", "inside"}
+    assert reasons_of(decisions, "edge") == ("deleted: older than 5 days",)
+
+
+def test_keep_failed_days_exactly_n_days_old_is_deleted_one_second_less_kept() -> None:
+    cands = [
+        success("ok", NOW),
+        failed("edge", NOW - timedelta(days=7)),
+        failed("inside", NOW - timedelta(days=7) + timedelta(seconds=1)),
+        success("partial-edge", NOW - timedelta(days=7), status="partial"),
+    ]
+    decisions = decide(RetentionConfig(keep_last=1), cands, NOW)
+    assert kept(decisions) == {"ok", "inside"}
+    assert reasons_of(decisions, "inside") == ("kept: failed run younger than 7 days",)
+    assert reasons_of(decisions, "partial-edge") == ("deleted: partial backup older than 7 days",)
+
+
+def test_decide_future_backup_counts_as_young() -> None:
+    # clock skew between hosts: a record "from the future" is young, never negative-old garbage
+    cands = [success("future", NOW + timedelta(hours=2)), success("now", NOW)]
+    decisions = decide(RetentionConfig(retention_days=1), cands, NOW)
+    assert kept(decisions) == {"future", "now"}
+    assert reasons_of(decisions, "future") == (
+        "kept: younger than 1 day",
+        "kept: newest successful",
+    )
+
+
 # --------------------------------------------------------------------------- floors
 
 

@@ -23,7 +23,7 @@ import stat
 import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO, Literal
+from typing import Any, BinaryIO, Literal, cast
 
 from vya_backupdb.config.models import InstanceConfig
 from vya_backupdb.engines.files_manifest import (
@@ -308,8 +308,10 @@ class _ArchiveRun:
             strategy=self.result.strategy,
             base=self.result.base_backup_id,
         )
-        tar = tarfile.open(  # noqa: SIM115 - closed in finally; it must not close `out`
-            fileobj=self.out,  # type: ignore[arg-type]
+        # Plain "w" mode on a write-only stream: the wrapper supplies tell(); closing the
+        # TarFile writes the end-of-archive blocks and leaves `out` open.
+        tar = tarfile.TarFile(
+            fileobj=cast(Any, self.out),
             mode="w",
             format=tarfile.PAX_FORMAT,
             encoding="utf-8",
@@ -423,9 +425,9 @@ class _ArchiveRun:
         return info
 
     def _add(self, tar: tarfile.TarFile, info: tarfile.TarInfo, content: Readable | None) -> None:
-        tar.addfile(info, content)  # type: ignore[arg-type]
+        tar.addfile(info, cast(Any, content))
         # tarfile remembers every member it wrote; forget them to keep memory bounded.
-        tar.members.clear()
+        cast(Any, tar).members.clear()
 
     def _write(self, tar: tarfile.TarFile, walked: WalkEntry, entry: ManifestEntry) -> bool:
         """Write ``entry`` to the tar; return False when it vanished (then it is not listed)."""
@@ -523,4 +525,3 @@ def check_manifest(stream: Readable) -> int:
     for _entry in read_manifest(stream):
         count += 1
     return count
-

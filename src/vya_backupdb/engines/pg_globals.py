@@ -122,7 +122,7 @@ def _identifier_list(sql: str, pos: int) -> tuple[list[str], int]:
         pos = sql.index(",", pos) + 1
 
 
-def classify(sql: str) -> Statement:  # noqa: PLR0911 - one return per statement kind
+def classify(sql: str) -> Statement:
     """Return the classified form of one statement of a ``pg_dumpall --globals-only`` file."""
     if sql.startswith("\\"):
         return Statement(sql, "meta")
@@ -197,7 +197,7 @@ def _without_granted_by(sql: str) -> str:
     return re.sub(r"\s+GRANTED\s+BY\s+(\"(?:[^\"]|\"\")*\"|\S+?)(?=\s|;)", "", sql, flags=re.I)
 
 
-def plan_globals(  # noqa: PLR0912 - a flat decision table reads best as one function
+def plan_globals(
     statements: Iterable[str],
     *,
     users: Literal["all"] | Sequence[str],

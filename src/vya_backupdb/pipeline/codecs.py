@@ -110,7 +110,17 @@ class _Decompressor(Protocol):
 class _IncrementalReader:
     """Adapter turning a decompressor factory into a reader; handles concatenated members."""
 
-    def __init__(self, source: Readable, factory: Callable[[], _Decompressor], name: str):
+    def __init__(
+        self,
+        source: Readable,
+        factory: Callable[[], _Decompressor],
+        name: str,
+        feed: int = 64 * 1024,
+    ):
+        # ``feed`` bounds memory: one call expands at most feed × the codec's maximal ratio
+        # (about 1:1000 for gzip, far more for zstd/bz2/xz on runs of zeros), so the codecs
+        # with huge ratios are fed small slices.
+        self._feed = feed
         self._source = source
         self._factory = factory
         self._name = name
@@ -121,7 +131,7 @@ class _IncrementalReader:
 
     def _fill(self, want: int) -> None:
         while len(self._buffer) < want and not self._done:
-            data = self._source.read(CHUNK)
+            data = self._source.read(self._feed)
             if not data:
                 if self._started and not self._dec.eof:
                     raise EOFError(f"{self._name} stream is truncated")
@@ -157,7 +167,7 @@ def _bz2_writer(sink: Writable, level: int, threads: int) -> StreamWriter:
 
 
 def _bz2_reader(source: Readable) -> Readable:
-    return _IncrementalReader(source, bz2.BZ2Decompressor, "bzip2")
+    return _IncrementalReader(source, bz2.BZ2Decompressor, "bzip2", feed=1024)
 
 
 def _xz_writer(sink: Writable, level: int, threads: int) -> StreamWriter:
@@ -165,7 +175,9 @@ def _xz_writer(sink: Writable, level: int, threads: int) -> StreamWriter:
 
 
 def _xz_reader(source: Readable) -> Readable:
-    return _IncrementalReader(source, lambda: lzma.LZMADecompressor(format=lzma.FORMAT_XZ), "xz")
+    return _IncrementalReader(
+        source, lambda: lzma.LZMADecompressor(format=lzma.FORMAT_XZ), "xz", feed=1024
+    )
 
 
 def _threads(threads: int) -> int:
@@ -185,19 +197,15 @@ class _ZstdWriter:
         self._writer.close()  # type: ignore[no-untyped-call]
 
 
-class _ZstdReader:
-    def __init__(self, source: Readable):
-        self._reader = zstandard.ZstdDecompressor().stream_reader(
-            source,  # type: ignore[arg-type]
-            read_across_frames=True,
-            closefd=False,
-        )
-
-    def read(self, size: int = -1, /) -> bytes:
-        try:
-            return bytes(self._reader.read(size if size and size > 0 else CHUNK))
-        except zstandard.ZstdError as exc:
-            raise EOFError(f"zstd stream is damaged or truncated: {exc}") from None
+def _zstd_reader(source: Readable) -> Readable:
+    # decompressobj (not stream_reader) because it tells whether the last frame was complete:
+    # a truncated backup must fail loudly, not restore half a database.
+    return _IncrementalReader(
+        source,
+        lambda: zstandard.ZstdDecompressor().decompressobj(),
+        "zstd",
+        feed=2048,
+    )
 
 
 class _Lz4Writer:
@@ -221,7 +229,7 @@ class _Lz4Writer:
 def _lz4_reader(source: Readable) -> Readable:
     import lz4.frame
 
-    return _IncrementalReader(source, lz4.frame.LZ4FrameDecompressor, "lz4")
+    return _IncrementalReader(source, lz4.frame.LZ4FrameDecompressor, "lz4", feed=4096)
 
 
 CODECS: dict[str, Codec] = {
@@ -229,7 +237,7 @@ CODECS: dict[str, Codec] = {
     "gzip": Codec("gzip", ".gz", 6, _gzip_writer, _gzip_reader),
     "bzip2": Codec("bzip2", ".bz2", 9, _bz2_writer, _bz2_reader),
     "xz": Codec("xz", ".xz", 6, _xz_writer, _xz_reader),
-    "zstd": Codec("zstd", ".zst", 3, _ZstdWriter, _ZstdReader),
+    "zstd": Codec("zstd", ".zst", 3, _ZstdWriter, _zstd_reader),
     "lz4": Codec("lz4", ".lz4", 1, _Lz4Writer, _lz4_reader),
 }
 

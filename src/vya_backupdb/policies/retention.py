@@ -121,6 +121,10 @@ def _bucket_rules() -> tuple[tuple[str, str, Callable[[datetime], str]], ...]:
 _BUCKET_RULES = _bucket_rules()
 
 
+def _days(count: int) -> str:
+    return "1 day" if count == 1 else f"{count} days"
+
+
 def _require_aware(value: datetime, what: str) -> None:
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(
@@ -191,7 +195,7 @@ class GfsRetention:
         self._keep_parents(verdicts, range(len(candidates)))
         for ordered in newest_first.values():
             self._apply_minimum(verdicts, ordered)
-        pass
+        self._keep_parents(verdicts, range(len(candidates)))
 
         return [
             Decision(c, True, tuple(verdicts.kept[i]))
@@ -213,7 +217,7 @@ class GfsRetention:
             if label is None:
                 verdicts.keep(index, f"kept: unknown status {status!r}")
             elif now - candidates[index].started_at < timedelta(days=config.keep_failed_days):
-                verdicts.keep(index, f"kept: {label} younger than {config.keep_failed_days} days")
+                verdicts.keep(index, f"kept: {label} younger than {_days(config.keep_failed_days)}")
 
         if config.keep_last is not None:
             for rank, index in enumerate(successful[: config.keep_last], start=1):
@@ -239,7 +243,7 @@ class GfsRetention:
             window = timedelta(days=config.retention_days)
             for index in successful:
                 if now - candidates[index].started_at < window:
-                    verdicts.keep(index, f"kept: younger than {config.retention_days} days")
+                    verdicts.keep(index, f"kept: younger than {_days(config.retention_days)}")
 
         if successful:
             verdicts.keep(successful[0], "kept: newest successful")
@@ -285,10 +289,10 @@ class GfsRetention:
         config = self.config
         label = _EXPIRING.get(candidate.status)
         if label is not None:
-            return (f"deleted: {label} older than {config.keep_failed_days} days",)
+            return (f"deleted: {label} older than {_days(config.keep_failed_days)}",)
         reasons: list[str] = []
         if config.retention_days is not None:
-            reasons.append(f"deleted: older than {config.retention_days} days")
+            reasons.append(f"deleted: older than {_days(config.retention_days)}")
         rules = [
             f"{name} {getattr(config, name)}"
             for name in GFS_FIELDS

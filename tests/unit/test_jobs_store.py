@@ -1,0 +1,135 @@
+"""The store step: a failed source is never committed; damage is named precisely."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+
+from vya_backupdb.catalog import layout
+from vya_backupdb.catalog.records import BackupInfo, BackupRecord, FileInfo
+from vya_backupdb.errors import BackupFailed, IntegrityError
+from vya_backupdb.jobs.store import check_checksum, open_backup_stream, write_backup_object
+from vya_backupdb.pipeline.codecs import get_codec
+from vya_backupdb.storage.memory import MemoryStorage
+
+pytestmark = pytest.mark.unit
+
+MOMENT = datetime(2026, 11, 21, 2, 30, tzinfo=UTC)
+NAMES = layout.database_backup_names("h", "i", "db", MOMENT, "full", "sql", ".zst")
+
+
+def _names_for(_source: object) -> layout.BackupNames:
+    return NAMES
+
+
+@contextlib.contextmanager
+def _failing_source() -> Iterator[io.BytesIO]:
+    # Like a dump tool that wrote output, then exited non-zero: the error surfaces at exit.
+    yield io.BytesIO(b"CREATE TABLE half_written (")
+    raise BackupFailed("pg_dump exited with status 1: connection lost")
+
+
+@contextlib.contextmanager
+def _good_source(data: bytes) -> Iterator[io.BytesIO]:
+    yield io.BytesIO(data)
+
+
+def _store(storage: MemoryStorage, data: bytes) -> BackupRecord:
+    names, stored = write_backup_object(
+        storage, _names_for, lambda: _good_source(data), get_codec("zstd"), 3, 1
+    )
+    return BackupRecord(
+        id=names.stem,
+        kind="database",
+        backup_info=BackupInfo(
+            instance="i",
+            instance_type="sqlite",
+            database="db",
+            hostname="h",
+            started_at=MOMENT,
+            finished_at=MOMENT,
+            duration_seconds=0.1,
+            vya_version="t",
+        ),
+        file_info=FileInfo(
+            name=stored.name,
+            size=stored.stored_bytes,
+            raw_size=stored.raw_bytes,
+            sha256=stored.sha256,
+            extension="sql",
+            compression="zstd",
+        ),
+    )
+
+
+def test_write_backup_object_failed_source_leaves_nothing() -> None:
+    storage = MemoryStorage()
+    with pytest.raises(BackupFailed, match="exited with status 1"):
+        write_backup_object(storage, _names_for, _failing_source, get_codec("zstd"), 3, 1)
+    assert list(storage.list("")) == []
+
+
+def test_write_backup_object_writes_object_and_sidecar() -> None:
+    storage = MemoryStorage()
+    record = _store(storage, b"SELECT 1;\n" * 1000)
+    assert record.file_info.raw_size == 10_000
+    assert storage.exists(NAMES.sha256)
+    assert check_checksum(storage, record) == record.file_info.sha256
+    with open_backup_stream(storage, record) as stream:
+        assert stream.read(100_000) == b"SELECT 1;\n" * 1000
+
+
+def _tamper(storage: MemoryStorage, name: str, data: bytes) -> None:
+    with storage.put(name) as writer:
+        writer.write(data)
+
+
+def _content(storage: MemoryStorage, name: str) -> bytes:
+    with storage.get(name) as reader:
+        return reader.read(10**8)
+
+
+def test_check_checksum_flipped_byte_is_a_checksum_mismatch() -> None:
+    storage = MemoryStorage()
+    record = _store(storage, b"data" * 5000)
+    raw = bytearray(_content(storage, NAMES.data))
+    raw[len(raw) // 2] ^= 0x01
+    _tamper(storage, NAMES.data, bytes(raw))
+    with pytest.raises(IntegrityError, match="checksum mismatch"):
+        check_checksum(storage, record)
+
+
+def test_check_checksum_truncated_object_says_truncated() -> None:
+    storage = MemoryStorage()
+    record = _store(storage, bytes(range(256)) * 500)
+    _tamper(storage, NAMES.data, _content(storage, NAMES.data)[:-10])
+    with pytest.raises(IntegrityError, match="truncated"):
+        check_checksum(storage, record)
+
+
+def test_check_checksum_missing_sidecar_is_reported() -> None:
+    storage = MemoryStorage()
+    record = _store(storage, b"x" * 100)
+    storage.delete(NAMES.sha256)
+    with pytest.raises(IntegrityError, match="sidecar .* is missing"):
+        check_checksum(storage, record)
+
+
+def test_check_checksum_edited_sidecar_is_reported() -> None:
+    storage = MemoryStorage()
+    record = _store(storage, b"x" * 100)
+    _tamper(storage, NAMES.sha256, layout.sidecar_line("0" * 64, NAMES.basename).encode())
+    with pytest.raises(IntegrityError, match="disagrees"):
+        check_checksum(storage, record)
+
+
+def test_check_checksum_missing_object_is_reported() -> None:
+    storage = MemoryStorage()
+    record = _store(storage, b"x" * 100)
+    storage.delete(NAMES.data)
+    with pytest.raises(IntegrityError, match="is missing"):
+        check_checksum(storage, record)
