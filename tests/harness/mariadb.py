@@ -123,6 +123,33 @@ class MariadbServer:
     def drop_db(self, name: str) -> None:
         self.sql(f"DROP DATABASE IF EXISTS {quote_identifier(name)}")
 
+    def load_sql(self, path: Path, db: str | None = None) -> None:
+        """Run the SQL file ``path`` through the mariadb client (password in a 0600 file)."""
+        client = _which("mariadb") or _which("mysql")
+        if client is None:
+            pytest.skip("the mariadb client is missing: install the Debian package mariadb-client")
+        fd, cnf = tempfile.mkstemp(prefix="vya-test-", suffix=".cnf")
+        try:
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(f'[client]\nuser=root\npassword="{self.password}"\n')
+            argv = [
+                client,
+                f"--defaults-extra-file={cnf}",
+                f"--host={self.host}",
+                f"--port={self.port}",
+                "--protocol=TCP",
+                "--default-character-set=utf8mb4",
+            ]
+            if db is not None:
+                argv.append(f"--database={db}")
+            with path.open("rb") as source:
+                done = subprocess.run(argv, stdin=source, capture_output=True, check=False)
+            if done.returncode != 0:
+                raise RuntimeError(f"loading {path} failed: {done.stderr.decode(errors='replace')}")
+        finally:
+            os.unlink(cnf)
+
     def instance_config(self, id: str, **overrides: Any) -> dict[str, Any]:
         """Return a config ``instances:`` entry pointing at this server (password via env)."""
         entry: dict[str, Any] = {

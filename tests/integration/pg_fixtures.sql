@@ -76,7 +76,7 @@ INSERT INTO all_types VALUES (
     3.14159274, 2.718281828459045, '-92233720368547758.08',
     E'tab\there, newline\nhere, backslash \\ quote '' and a NUL-free "string"; ünïcödé 🐘🎉 𝄞',
     'varchar ✓', 'char',
-    (SELECT string_agg(set_byte('\x00'::bytea, 0, i)::text, '' ORDER BY i) FROM generate_series(0, 255) i)::bytea,
+    (SELECT decode(string_agg(lpad(to_hex(i), 2, '0'), '' ORDER BY i), 'hex') FROM generate_series(0, 255) i),
     true, '2024-02-29', '23:59:59.999999', '12:34:56.789+05:45',
     '2024-12-31 23:59:59.123456', '2024-06-30 12:00:00.654321+02',
     '1 year 2 mons -3 days +04:05:06.789',
@@ -226,7 +226,9 @@ GRANT USAGE ON SCHEMA "other schema" TO vya_app_reader;
 GRANT EXECUTE ON FUNCTION add_numbers(integer, integer) TO vya_app_reader;
 REVOKE EXECUTE ON FUNCTION add_numbers(integer, integer) FROM PUBLIC;
 ALTER DEFAULT PRIVILEGES IN SCHEMA "other schema" GRANT SELECT ON TABLES TO vya_app_reader;
-GRANT SELECT ON LARGE OBJECT 1 TO vya_app_reader;
+DO $$ BEGIN
+    EXECUTE format('GRANT SELECT ON LARGE OBJECT %s TO vya_app_reader', (SELECT min(oid) FROM pg_largeobject_metadata));
+END $$;
 
 -- ------------------------------------------------------------ misc
 CREATE TABLE with_policy (id integer PRIMARY KEY, owner_name text);

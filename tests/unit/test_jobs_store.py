@@ -115,7 +115,7 @@ def test_check_checksum_missing_sidecar_is_reported() -> None:
     storage = MemoryStorage()
     record = _store(storage, b"x" * 100)
     storage.delete(NAMES.sha256)
-    with pytest.raises(IntegrityError, match="sidecar .* is missing"):
+    with pytest.raises(IntegrityError, match=r"sidecar .* is missing"):
         check_checksum(storage, record)
 
 
