@@ -98,18 +98,14 @@ INSERT INTO all_types VALUES (
     'ff:ff:ff:ff:ff:ff', '{}', '{}', 'empty', 'empty', 'empty', 'sad', ROW(NULL, NULL, NULL),
     1, '', '', '(0,0)', '{0,1,0}', '[(0,0),(0,0)]', '((0,0),(0,0))', '((0,0))', '((0,0))',
     '<(0,0),0>', B'00000000', B'', 0
-), (
-    3, 32767, 2147483647, 9223372036854775807, '-1e-30', '1e100', '-Infinity', '-Infinity',
-    '92233720368547758.07', NULL, NULL, NULL, NULL, NULL, '4713-01-01 BC', '24:00:00', NULL,
-    '294276-12-31 23:59:59.999999', '1999-12-31 23:59:59.999999-12', '-178000000 years',
-    NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-    NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
-), (
-    4, NULL, NULL, NULL, NULL, NULL, 1.17549435e-38, 2.2250738585072014e-308, NULL,
-    E'line1\r\nline2\\.\n\\.\nafter', NULL, NULL, '\x5c2e0a', NULL, NULL, NULL, NULL, NULL, NULL,
-    NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-    NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
-);
+    );
+INSERT INTO all_types (id, c_int2, c_int4, c_int8, c_numeric, c_numeric_any, c_float4, c_float8,
+                       c_money, c_date, c_time, c_timestamp, c_timestamptz, c_interval)
+VALUES (3, 32767, 2147483647, 9223372036854775807, '-1e-30', '1e100', '-Infinity', '-Infinity',
+        '92233720368547758.07', '4713-01-01 BC', '24:00:00', '294276-12-31 23:59:59.999999',
+        '1999-12-31 23:59:59.999999-12', '-178000000 years');
+INSERT INTO all_types (id, c_float4, c_float8, c_text, c_bytea)
+VALUES (4, 1.17549435e-38, 2.2250738585072014e-308, E'line1\r\nline2\\.\n\\.\nafter', '\x5c2e0a');
 
 -- ------------------------------------------------------------ identifiers and the db's name
 CREATE TABLE "other schema"."Table ""With"" Quotes & ünï 🐘" (

@@ -540,15 +540,25 @@ def test_no_policy_keeps_everything_including_failures() -> None:
 def chain_catalog() -> list[Candidate]:
     day = timedelta(days=1)
     base = NOW - 20 * day
-    inc = {"instance": "files1", "database": "etc"}
+
+    def files(ident: str, offset: int, strategy: str, parent: str | None = None) -> Candidate:
+        return success(
+            ident,
+            base + offset * day,
+            instance="files1",
+            database="etc",
+            strategy=strategy,
+            parent=parent,
+        )
+
     return [
-        success("F1", base, strategy="full", **inc),
-        success("I1", base + day, strategy="incremental", parent="F1", **inc),
-        success("I2", base + 2 * day, strategy="incremental", parent="I1", **inc),
-        success("I3", base + 3 * day, strategy="incremental", parent="I2", **inc),
-        success("F2", base + 10 * day, strategy="full", **inc),
-        success("D1", base + 11 * day, strategy="differential", parent="F2", **inc),
-        success("D2", base + 12 * day, strategy="differential", parent="F2", **inc),
+        files("F1", 0, "full"),
+        files("I1", 1, "incremental", "F1"),
+        files("I2", 2, "incremental", "I1"),
+        files("I3", 3, "incremental", "I2"),
+        files("F2", 10, "full"),
+        files("D1", 11, "differential", "F2"),
+        files("D2", 12, "differential", "F2"),
     ]
 
 
@@ -972,3 +982,48 @@ def test_decide_property_safety_invariants_hold(
     summary = summarize(decisions)
     assert summary["kept"] + summary["deleted"] == summary["total"] == len(cands)
     assert summary["kept_bytes"] + summary["freed_bytes"] == sum(c.size_bytes for c in cands)
+
+
+def test_docs_worked_example_decisions_match_docs_retention_md() -> None:
+    berlin = ZoneInfo("Europe/Berlin")
+    rows = {
+        "2026-02-20 01:00": "success",
+        "2026-02-27 01:00": "success",
+        "2026-03-20 01:00": "success",
+        "2026-03-27 01:00": "success",
+        "2026-03-28 01:00": "success",
+        "2026-03-29 00:30": "success",
+        "2026-04-02 01:00": "success",
+        "2026-04-03 01:00": "failed",
+        "2026-04-06 01:00": "success",
+        "2026-04-06 13:00": "success",
+        "2026-04-07 01:00": "success",
+        "2026-04-08 01:00": "failed",
+    }
+    cands = [
+        success(
+            stamp,
+            datetime.strptime(stamp, "%Y-%m-%d %H:%M").replace(tzinfo=berlin),
+            status=status,
+            size=10**9,
+        )
+        for stamp, status in rows.items()
+    ]
+    config = RetentionConfig(
+        keep_last=2, keep_daily=4, keep_weekly=3, keep_monthly=2, timezone="Europe/Berlin"
+    )
+    decisions = decide(config, cands, datetime(2026, 4, 8, 12, tzinfo=berlin))
+    assert kept(decisions) == {
+        "2026-04-08 01:00",
+        "2026-04-07 01:00",
+        "2026-04-06 13:00",
+        "2026-04-03 01:00",
+        "2026-04-02 01:00",
+        "2026-03-29 00:30",
+    }
+    assert reasons_of(decisions, "2026-03-29 00:30") == (
+        "kept: daily 2026-03-29",
+        "kept: weekly 2026-W13",
+        "kept: monthly 2026-03",
+    )
+    assert summarize(decisions)["freed_bytes"] == 6 * 10**9

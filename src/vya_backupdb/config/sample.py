@@ -271,3 +271,26 @@ def reference_markdown() -> str:
             out.append(f"| `{name}` | {_type_name(info.annotation)} | {shown} | {desc} |")
         out.append("")
     return "\n".join(out)
+
+
+REFERENCE_BEGIN = "<!-- BEGIN GENERATED REFERENCE: python -m vya_backupdb.config.sample docs -->"
+REFERENCE_END = "<!-- END GENERATED REFERENCE -->"
+
+
+def update_reference(document: str) -> str:
+    """Return ``document`` with the text between the reference markers regenerated."""
+    head, _, rest = document.partition(REFERENCE_BEGIN)
+    _, _, tail = rest.partition(REFERENCE_END)
+    return f"{head}{REFERENCE_BEGIN}\n\n{reference_markdown()}\n{REFERENCE_END}{tail}"
+
+
+if __name__ == "__main__":  # pragma: no cover - maintenance entry point
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[3]
+    if sys.argv[1:] == ["docs"]:
+        doc = root / "docs" / "configuration.md"
+        doc.write_text(update_reference(doc.read_text(encoding="utf-8")), encoding="utf-8")
+    else:
+        (root / "config.example.yaml").write_text(sample_config(), encoding="utf-8")

@@ -82,6 +82,7 @@ class RunResult:
     finished_at: datetime | None = None
     results: list[DatabaseResult] = field(default_factory=list)
     run_log: str | None = None
+    interrupted: bool = False
 
     @property
     def failed(self) -> list[DatabaseResult]:
@@ -96,7 +97,7 @@ class RunResult:
             "run_id": self.run_id,
             "started_at": self.started_at.isoformat(),
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
-            "status": "success" if self.ok else "failed",
+            "status": "interrupted" if self.interrupted else "success" if self.ok else "failed",
             "results": [r.as_dict() for r in self.results],
         }
 
@@ -156,8 +157,15 @@ class BackupJob:
 
     def run(self, request: BackupRequest) -> RunResult:
         run = RunResult(run_id=new_run_id(self.clock()), started_at=self.clock())
-        for instance in resolve_instances(self.loaded, request.instances):
-            run.results.extend(self.backup_instance(instance, request))
+        try:
+            for instance in resolve_instances(self.loaded, request.instances):
+                run.results.extend(self.backup_instance(instance, request))
+        except KeyboardInterrupt:
+            run.finished_at = self.clock()
+            run.interrupted = True
+            if not request.dry_run:
+                self._write_run_log(run)
+            raise
         run.finished_at = self.clock()
         if not request.dry_run:
             run.run_log = self._write_run_log(run)

@@ -22,7 +22,7 @@ _ordered: tuple[str, ...] = ()
 _KEY_VALUE = re.compile(
     r"""(?ix)
     (?P<key>\b[\w.-]*(?:password|passwd|pwd|secret|token|api[_-]?key|master[_-]?key)[\w.-]*)
-    (?P<sep>\s*[=:]\s*)
+    (?P<sep>["']?\s*[=:]\s*)
     (?P<value>"[^"]*"|'[^']*'|[^\s,;&'"}]+)
     """
 )
