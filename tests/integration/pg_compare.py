@@ -175,7 +175,7 @@ def grants(server: PgServer, db: str) -> list[tuple[Any, ...]]:
             f"JOIN pg_namespace n ON n.oid = t.typnamespace WHERE {_USER_NS} ORDER BY 2"
         ).fetchall()
         rows += conn.execute(
-            "SELECT 'default', coalesce(n.nspname, '-') || '.' || d.defaclobjtype, "
+            "SELECT 'default', coalesce(n.nspname, '-') || '.' || d.defaclobjtype::text, "
             "d.defaclacl::text, pg_get_userbyid(d.defaclrole) FROM pg_default_acl d "
             "LEFT JOIN pg_namespace n ON n.oid = d.defaclnamespace ORDER BY 2"
         ).fetchall()

@@ -165,8 +165,7 @@ def _tricky_statements(db: str) -> list[tuple[str, Any]]:
             None,
         ),
         (
-            "CREATE TRIGGER `ai before` BEFORE INSERT ON ai FOR EACH ROW"
-            " SET NEW.v = UPPER(NEW.v)",
+            "CREATE TRIGGER `ai before` BEFORE INSERT ON ai FOR EACH ROW SET NEW.v = UPPER(NEW.v)",
             None,
         ),
         (
@@ -528,8 +527,13 @@ def test_mysql_restore_globals_recreates_identical_accounts_and_is_idempotent(
     with path.open("rb") as source:
         applied = engine.restore_globals(source, "all", [])
     assert sorted(applied) == sorted(
-        ["vya_role_base", "vya_role_app", "'vya_alice'@'localhost'", "'vya_alice'@'10.0.%'",
-         "'vya bob ü'@'%'"]
+        [
+            "vya_role_base",
+            "vya_role_app",
+            "'vya_alice'@'localhost'",
+            "'vya_alice'@'10.0.%'",
+            "'vya bob ü'@'%'",
+        ]
     )
     assert account_snapshot(mariadb_server, ACCOUNTS) == snapshot
     # Again, onto existing accounts: no error, nothing changes.
@@ -537,15 +541,18 @@ def test_mysql_restore_globals_recreates_identical_accounts_and_is_idempotent(
         engine.restore_globals(source, "all", [])
     assert account_snapshot(mariadb_server, ACCOUNTS) == snapshot
     # The restored password works.
-    with contextlib.closing(
-        pymysql.connect(
-            host=mariadb_server.host,
-            port=mariadb_server.port,
-            user="vya_alice",
-            password=USER_PASSWORD,
-            charset="utf8mb4",
-        )
-    ) as conn, conn.cursor() as cur:
+    with (
+        contextlib.closing(
+            pymysql.connect(
+                host=mariadb_server.host,
+                port=mariadb_server.port,
+                user="vya_alice",
+                password=USER_PASSWORD,
+                charset="utf8mb4",
+            )
+        ) as conn,
+        conn.cursor() as cur,
+    ):
         cur.execute("SELECT CURRENT_ROLE()")
         assert cur.fetchone()[0] == "vya_role_app"
 
@@ -610,7 +617,9 @@ def test_mysql_users_file_applies_whole_with_the_plain_client(
 def _sakila_dir() -> Path | None:
     base = Path(os.environ.get("VYA_SAMPLE_DATASETS", "/work/shared/datasets"))
     candidate = base / "sakila"
-    if (candidate / "sakila-mv-schema.sql").is_file() and (candidate / "sakila-mv-data.sql").is_file():
+    if (candidate / "sakila-mv-schema.sql").is_file() and (
+        candidate / "sakila-mv-data.sql"
+    ).is_file():
         return candidate
     return None
 

@@ -76,3 +76,9 @@ def test_redacting_filter_masks_message_args_extras_and_traceback() -> None:
     assert record.exc_text is not None
     assert "very-secret" not in record.exc_text
     assert "boom ****" in record.exc_text
+
+
+def test_redact_does_not_cross_lines_or_mask_nulls() -> None:
+    text = "secrets:\n  directory: null\npassword: null\npassword_command: ~\n"
+    assert redact(text) == text
+

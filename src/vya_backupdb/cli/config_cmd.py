@@ -271,7 +271,8 @@ def register(app: typer.Typer) -> None:
         if loaded.env:
             header += f"# environment: {loaded.env}\n"
         text = yaml.safe_dump(tree, sort_keys=False, allow_unicode=True, default_flow_style=False)
-        typer.echo(header + redact(text), nl=False)
+        # Masking is structural (mask_secrets): running YAML through redact() could break it.
+        typer.echo(header + text, nl=False)
 
     @config_app.command("init")
     @handle_errors

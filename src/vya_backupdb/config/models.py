@@ -10,7 +10,12 @@ import socket
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from vya_backupdb.config.base import FrozenModel
+from vya_backupdb.config.retention import RetentionConfig
+
+__all__ = ["FrozenModel", "InstanceConfig", "RetentionConfig", "Settings"]
 
 CompressionAlgorithm = Literal["none", "gzip", "bzip2", "xz", "zstd", "lz4"]
 InstanceType = Literal["postgresql", "mysql", "mariadb", "sqlite", "files"]
@@ -25,10 +30,6 @@ SYSTEM_DATABASES: frozenset[str] = frozenset(
 DEFAULT_PORTS: dict[str, int] = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306}
 
 _ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
-
-
-class FrozenModel(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class CompressionConfig(FrozenModel):
@@ -146,6 +147,9 @@ class InstanceConfig(FrozenModel):
     timeout_seconds: int | None = Field(
         None, ge=1, description="Give up on a database dump after this many seconds"
     )
+    retention: RetentionConfig | None = Field(
+        None, description="Retention for this instance (replaces the global one as a whole)"
+    )
 
     @field_validator("password")
     @classmethod
@@ -200,6 +204,9 @@ class Settings(FrozenModel):
     instances: list[InstanceConfig] = Field(default_factory=list)
     secrets: SecretsConfig = Field(default_factory=SecretsConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    retention: RetentionConfig = Field(
+        default_factory=RetentionConfig, description="Default retention policy (see docs)"
+    )
     environments: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Overlays merged over this file by --env NAME (e.g. dev, staging, prod)",

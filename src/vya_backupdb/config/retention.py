@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator
 
-from vya_backupdb.config.models import FrozenModel
+from vya_backupdb.config.base import FrozenModel
 
 #: The GFS rule fields, newest-first granularity; the order reasons are listed in.
 GFS_FIELDS: tuple[str, ...] = (

@@ -17,10 +17,8 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from vya_backupdb.config.models import (
-    CompressionConfig,
     InstanceConfig,
     LoggingConfig,
-    SecretsConfig,
     Settings,
     StorageConfig,
 )
@@ -234,14 +232,35 @@ def sample_config() -> str:
 
 # --- reference for docs/configuration.md ---------------------------------------------------
 
-_SECTIONS: list[tuple[str, type[BaseModel]]] = [
-    ("Top level", Settings),
-    ("storage", StorageConfig),
-    ("storage.compression (and instances[].compression)", CompressionConfig),
-    ("instances[]", InstanceConfig),
-    ("secrets", SecretsConfig),
-    ("logging", LoggingConfig),
-]
+
+def _sections() -> list[tuple[str, type[BaseModel]]]:
+    """Return (title, model) for Settings and every model nested in it, each model once."""
+    found: list[tuple[str, type[BaseModel]]] = [("Top level", Settings)]
+    seen: set[type[BaseModel]] = {Settings}
+
+    # Breadth first, so a model shared by several keys is titled by its top-level key.
+    queue: list[tuple[type[BaseModel], str]] = [(Settings, "")]
+    while queue:
+        model, prefix = queue.pop(0)
+        for name, info in model.model_fields.items():
+            inner = _inner_model(info.annotation)
+            if inner is None or inner in seen:
+                continue
+            seen.add(inner)
+            path = f"{prefix}{name}" + ("[]" if _is_list_of_models(info) else "")
+            found.append((path, inner))
+            queue.append((inner, path + "."))
+    return found
+
+
+def _inner_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        inner = _inner_model(arg)
+        if inner is not None:
+            return inner
+    return None
 
 
 def _type_name(annotation: Any) -> str:
@@ -254,7 +273,7 @@ def _type_name(annotation: Any) -> str:
 def reference_markdown() -> str:
     """Return the Markdown tables of every key, generated from the models."""
     out: list[str] = []
-    for title, model in _SECTIONS:
+    for title, model in _sections():
         out.append(f"### {title}")
         out.append("")
         out.append("| key | type | default | description |")

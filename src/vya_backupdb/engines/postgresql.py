@@ -91,7 +91,6 @@ _CONNECTION_PATTERNS = (
     "no pg_hba.conf entry",
     "could not connect",
     "no password supplied",
-    "server closed the connection unexpectedly",
     "is the server running",
     "no such file or directory",
 )
@@ -566,8 +565,10 @@ class PostgresEngine:
         privileges = self._query(
             "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE g.rolname END, "
             "a.privilege_type, a.is_grantable "
-            "FROM pg_database d, aclexplode(d.datacl) a LEFT JOIN pg_roles g ON g.oid = a.grantee "
-            "WHERE d.datname = %s ORDER BY 1, 2",
+            "FROM pg_database d, aclexplode(d.datacl) WITH ORDINALITY a "
+            "LEFT JOIN pg_roles g ON g.oid = a.grantee "
+            # ACL order, so that replaying the grants rebuilds the same aclitem array.
+            "WHERE d.datname = %s ORDER BY a.ordinality",
             (db,),
         )
         role_settings = self._query(

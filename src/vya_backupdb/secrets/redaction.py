@@ -22,7 +22,7 @@ _ordered: tuple[str, ...] = ()
 _KEY_VALUE = re.compile(
     r"""(?ix)
     (?P<key>\b[\w.-]*(?:password|passwd|pwd|secret|token|api[_-]?key|master[_-]?key)[\w.-]*)
-    (?P<sep>["']?\s*[=:]\s*)
+    (?P<sep>["']?[ \t]*[=:][ \t]*)
     (?P<value>"[^"]*"|'[^']*'|[^\s,;&'"}]+)
     """
 )
@@ -62,7 +62,7 @@ def _mask_key_value(match: re.Match[str]) -> str:
     value = match.group("value")
     if match.group("key").lower().endswith(_NAME_NOT_SECRET):
         return match.group(0)
-    if value == MASK or value.strip("\"'") in ("", MASK):
+    if value.strip("\"'").lower() in ("", MASK, "null", "none", "~"):
         return match.group(0)
     quote = value[0] if value[:1] in ("'", '"') else ""
     return f"{match.group('key')}{match.group('sep')}{quote}{MASK}{quote}"

@@ -1,0 +1,493 @@
+"""PostgresEngine against real throwaway servers: exact dump/restore round trips.
+
+Every round trip dumps through the engine into a file, restores the file through the engine into
+a *fresh database with a different name* (created by the engine from the recorded properties),
+and compares source and copy exactly (tests/integration/pg_compare.py).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pg_compare import compare_databases, role_snapshot, table_digests
+
+from harness.postgres import PgServer
+from vya_backupdb.engines.base import RestoreOptions
+from vya_backupdb.engines.postgresql import PostgresEngine
+from vya_backupdb.errors import BackupFailed, ConnectionFailed, NotFoundError
+
+pytestmark = [pytest.mark.integration, pytest.mark.postgres]
+
+FIXTURES = Path(__file__).with_name("pg_fixtures.sql")
+SOURCE_DB = 'vya "tricky" db ünï 🐘'
+APP_ROLES = ("vya_app_owner", "vya_app_reader")
+
+
+def _ensure_roles(server: PgServer, roles: tuple[str, ...] = APP_ROLES) -> None:
+    for role in roles:
+        server.psql(
+            f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role}') "
+            f"THEN CREATE ROLE {role}; END IF; END $$;"
+        )
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+@pytest.fixture(scope="module")
+def tricky_db(pg_server: PgServer) -> Iterator[str]:
+    """The tricky source database, with non-default database-level properties."""
+    _ensure_roles(pg_server)
+    pg_server.drop_db(SOURCE_DB)
+    pg_server.create_db(
+        SOURCE_DB,
+        "OWNER vya_app_owner TEMPLATE template0 ENCODING 'UTF8' LOCALE_PROVIDER icu "
+        "ICU_LOCALE 'de-DE' LC_COLLATE 'C' LC_CTYPE 'C' CONNECTION LIMIT 50",
+    )
+    db = _q(SOURCE_DB)
+    pg_server.psql(
+        f"COMMENT ON DATABASE {db} IS 'tricky ''db'' comment 🐘';\n"
+        f"ALTER DATABASE {db} SET timezone TO 'Asia/Kathmandu';\n"
+        f"ALTER DATABASE {db} SET search_path TO \"$user\", public, \"other schema\";\n"
+        f"ALTER ROLE vya_app_reader IN DATABASE {db} SET work_mem TO '8MB';\n"
+        f"REVOKE CONNECT ON DATABASE {db} FROM PUBLIC;\n"
+        f"GRANT CONNECT, TEMPORARY ON DATABASE {db} TO vya_app_reader;\n"
+    )
+    pg_server.psql(FIXTURES.read_text(), dbname=SOURCE_DB)
+    yield SOURCE_DB
+    pg_server.drop_db(SOURCE_DB)
+
+
+def _engine(server: PgServer, **overrides: Any) -> PostgresEngine:
+    return PostgresEngine(server.instance("pg-test", **overrides), server.password)
+
+
+def _dump_to_file(engine: PostgresEngine, db: str, path: Path) -> dict[str, Any]:
+    with engine.dump(db) as stream, path.open("wb") as out:
+        while chunk := stream.read(1 << 16):
+            out.write(chunk)
+    return {"extension": stream.extension, "command": stream.command, "tool": stream.tool}
+
+
+def _restore_file(
+    engine: PostgresEngine, db: str, path: Path, options: RestoreOptions
+) -> None:
+    with path.open("rb") as handle:
+        engine.restore(db, handle, options)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "extension"), [("custom", "dump"), ("plain", "sql"), ("directory", "tar")]
+)
+def test_postgres_engine_round_trip_into_new_name_is_exact(
+    pg_server: PgServer, tricky_db: str, tmp_path: Path, fmt: str, extension: str
+) -> None:
+    engine = _engine(pg_server, format=fmt, jobs=2)
+    props = engine.database_properties(tricky_db)
+    dump_file = tmp_path / f"dump.{extension}"
+    meta = _dump_to_file(engine, tricky_db, dump_file)
+    assert meta["extension"] == extension
+    assert meta["tool"] == "pg_dump"
+    assert pg_server.password not in meta["command"]
+    target = f"restored {fmt} «ünï» \"q\" 🐘"
+    pg_server.drop_db(target)
+    try:
+        _restore_file(
+            engine,
+            target,
+            dump_file,
+            RestoreOptions(
+                format=fmt,
+                database_properties=props,
+                source_version_num=engine.version_num,
+                jobs=2,
+            ),
+        )
+        assert compare_databases(pg_server, tricky_db, pg_server, target) == []
+        # The rows naming the source database were not rewritten by the rename.
+        rows = pg_server.psql(
+            'SELECT "Ünïcödé Column" FROM "other schema"."Table ""With"" Quotes & ünï 🐘" '
+            "WHERE \"Ünïcödé Column\" LIKE '%tricky%' ORDER BY 1",
+            dbname=target,
+        )
+        assert SOURCE_DB in rows
+        assert target not in rows
+    finally:
+        pg_server.drop_db(target)
+
+
+def test_postgres_engine_missing_target_created_with_source_properties(
+    pg_server: PgServer, tricky_db: str, tmp_path: Path
+) -> None:
+    engine = _engine(pg_server)
+    props = engine.database_properties(tricky_db)
+    assert props["locale_provider"] == "icu"
+    assert props["icu_locale"] == "de-DE"
+    assert props["comment"] == "tricky 'db' comment 🐘"
+    assert props["connection_limit"] == 50
+    dump_file = tmp_path / "x.dump"
+    _dump_to_file(engine, tricky_db, dump_file)
+    target = "props copy"
+    pg_server.drop_db(target)
+    try:
+        _restore_file(engine, target, dump_file, RestoreOptions(database_properties=props))
+        copy = engine.database_properties(target)
+        for key in ("owner", "encoding", "collate", "ctype", "locale_provider", "icu_locale",
+                    "comment", "acl", "privileges", "settings", "role_settings",
+                    "connection_limit", "tablespace"):  # fmt: skip
+            assert copy[key] == props[key], key
+        assert any("search_path" in s for s in copy["settings"])
+        assert copy["role_settings"] == {"vya_app_reader": ["work_mem=8MB"]}
+    finally:
+        pg_server.drop_db(target)
+
+
+def test_compare_databases_changed_row_reports_difference(
+    pg_server: PgServer, tricky_db: str, tmp_path: Path
+) -> None:
+    engine = _engine(pg_server)
+    dump_file = tmp_path / "x.dump"
+    _dump_to_file(engine, tricky_db, dump_file)
+    target = "compare detects"
+    pg_server.drop_db(target)
+    try:
+        _restore_file(
+            engine,
+            target,
+            dump_file,
+            RestoreOptions(database_properties=engine.database_properties(tricky_db)),
+        )
+        pg_server.psql("UPDATE public.orders SET price = price + 0.01 WHERE id = 7", target)
+        pg_server.psql("SELECT setval('public.counter_seq', 1)", target)
+        differences = compare_databases(pg_server, tricky_db, pg_server, target)
+        assert any(d.startswith("table public.orders:") for d in differences), differences
+        assert any("public.counter_seq" in d for d in differences), differences
+    finally:
+        pg_server.drop_db(target)
+
+
+def test_postgres_engine_restore_on_server_with_other_defaults_keeps_values(
+    pg_server: PgServer, pg_server_alt: PgServer, tricky_db: str, tmp_path: Path
+) -> None:
+    source = _engine(pg_server)
+    target_engine = _engine(pg_server_alt)
+    globals_file = tmp_path / "users.sql"
+    with source.dump_globals() as stream, globals_file.open("wb") as out:
+        while chunk := stream.read(1 << 16):
+            out.write(chunk)
+    with globals_file.open("rb") as handle:
+        applied = target_engine.restore_globals(handle, list(APP_ROLES), exclude=[])
+    assert sorted(applied) == sorted(APP_ROLES)
+    dump_file = tmp_path / "x.dump"
+    _dump_to_file(source, tricky_db, dump_file)
+    target = "alt copy ünï"
+    pg_server_alt.drop_db(target)
+    try:
+        _restore_file(
+            target_engine,
+            target,
+            dump_file,
+            RestoreOptions(database_properties=source.database_properties(tricky_db)),
+        )
+        assert compare_databases(pg_server, tricky_db, pg_server_alt, target) == []
+        # Read in the same pinned session settings, the temporal values are identical.
+        query = (
+            "SET timezone = 'UTC'; SET datestyle = 'ISO, MDY'; SET intervalstyle = 'postgres'; "
+            "SET extra_float_digits = 3; "
+            "SELECT c_date, c_timestamp, c_timestamptz, c_timetz, c_interval, c_float8 "
+            "FROM all_types ORDER BY id"
+        )
+        assert pg_server_alt.psql(query, target) == pg_server.psql(query, tricky_db)
+        assert "Pacific/Chatham" in pg_server_alt.psql("SHOW timezone")
+    finally:
+        pg_server_alt.drop_db(target)
+
+
+def test_postgres_engine_selected_tables_restore_brings_indexes_and_data(
+    pg_server: PgServer, tricky_db: str, tmp_path: Path
+) -> None:
+    engine = _engine(pg_server)
+    dump_file = tmp_path / "x.dump"
+    _dump_to_file(engine, tricky_db, dump_file)
+    target = "selected tables"
+    pg_server.drop_db(target)
+    tables = ["public.orders", "public.order_lines", "other schema.Table \"With\" Quotes & ünï 🐘"]
+    try:
+        _restore_file(
+            engine,
+            target,
+            dump_file,
+            RestoreOptions(
+                tables=tuple(tables),
+                database_properties=engine.database_properties(tricky_db),
+            ),
+        )
+        assert compare_databases(
+            pg_server, tricky_db, pg_server, target, tables_only=tables
+        ) == []
+        restored = set(table_digests(pg_server, target))
+        assert restored == set(tables)
+        catalog = pg_server.psql(
+            "SELECT string_agg(conname, ',' ORDER BY conname) FROM pg_constraint "
+            "WHERE conrelid IN ('public.orders'::regclass, 'public.order_lines'::regclass);"
+            "SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes "
+            "WHERE tablename = 'orders';"
+            "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal;"
+            "SELECT last_value FROM public.orders_id_seq;",
+            target,
+        ).split("\n")
+        assert "order_lines_order_id_fkey" in catalog[0]
+        assert "orders_qty_check" in catalog[0]
+        assert catalog[1] == "orders_ident_idx,orders_note_idx,orders_pkey"
+        assert catalog[2] == "orders_touch"
+        assert catalog[3] == "9000"
+    finally:
+        pg_server.drop_db(target)
+
+
+def test_postgres_engine_unknown_table_in_selection_raises_not_found(
+    pg_server: PgServer, tricky_db: str, tmp_path: Path
+) -> None:
+    engine = _engine(pg_server)
+    dump_file = tmp_path / "x.dump"
+    _dump_to_file(engine, tricky_db, dump_file)
+    target = "selected missing"
+    pg_server.drop_db(target)
+    try:
+        with pytest.raises(NotFoundError, match="public.no_such_table"):
+            _restore_file(
+                engine, target, dump_file, RestoreOptions(tables=("no_such_table",))
+            )
+    finally:
+        pg_server.drop_db(target)
+
+
+def test_postgres_engine_table_stats_counts_rows_exactly(
+    pg_server: PgServer, tricky_db: str
+) -> None:
+    stats = _engine(pg_server).table_stats(tricky_db)
+    assert stats["public.orders"] == 300
+    assert stats["public.order_lines"] == 150
+    assert stats["public.all_types"] == 4
+    assert stats["public.empty_table"] == 0
+    assert stats['other schema.Table "With" Quotes & ünï 🐘'] == 28
+    assert stats["public.measurements"] == 600
+    assert stats["public.measurements_2024"] == 366
+
+
+def test_postgres_engine_list_databases_includes_sizes(
+    pg_server: PgServer, tricky_db: str
+) -> None:
+    databases = {d.name: d for d in _engine(pg_server).list_databases()}
+    assert databases[tricky_db].size_bytes is not None
+    assert databases[tricky_db].size_bytes > 1_000_000
+    assert "template0" in databases
+    info = _engine(pg_server).server_info()
+    assert info.product == "PostgreSQL"
+    assert info.version_num == pg_server.version_num
+
+
+def _create_test_roles(server: PgServer) -> None:
+    server.psql(
+        "DROP ROLE IF EXISTS vya_g_login, vya_g_group, \"vya g 'odd\"\"name\";"
+        "CREATE ROLE vya_g_group NOLOGIN CREATEDB;"
+        "CREATE ROLE vya_g_login LOGIN PASSWORD 'secret-pw' CONNECTION LIMIT 7 "
+        "  VALID UNTIL '2031-02-03 04:05:06+00' CREATEROLE;"
+        "CREATE ROLE \"vya g 'odd\"\"name\" LOGIN REPLICATION;"
+        "GRANT vya_g_group TO vya_g_login WITH ADMIN OPTION;"
+        "GRANT vya_g_group TO \"vya g 'odd\"\"name\";"
+        "ALTER ROLE vya_g_login SET search_path TO 'a', 'b c';"
+        "ALTER ROLE vya_g_login SET statement_timeout TO '5min';"
+        "COMMENT ON ROLE vya_g_group IS 'multi\nline ''comment''';"
+    )
+
+
+G_ROLES = ["vya_g_group", "vya_g_login", "vya g 'odd\"name"]
+
+
+def _drop_test_roles(server: PgServer) -> None:
+    server.psql("DROP ROLE IF EXISTS vya_g_login, vya_g_group, \"vya g 'odd\"\"name\";")
+
+
+def test_postgres_engine_globals_round_trip_restores_identical_roles(
+    pg_server: PgServer, tmp_path: Path
+) -> None:
+    engine = _engine(pg_server)
+    _create_test_roles(pg_server)
+    users = {u.name: u for u in engine.list_users()}
+    assert users["vya_g_login"].attributes["member_of"] == ["vya_g_group"]
+    assert not users["vya_g_login"].builtin
+    assert users["pg_read_all_data"].builtin
+    assert users[pg_server.superuser].builtin
+    before = role_snapshot(pg_server, G_ROLES)
+    assert len(before) == 3
+    globals_file = tmp_path / "users.sql"
+    with engine.dump_globals() as stream, globals_file.open("wb") as out:
+        assert stream.extension == "sql"
+        while chunk := stream.read(1 << 16):
+            out.write(chunk)
+    try:
+        _drop_test_roles(pg_server)
+        assert role_snapshot(pg_server, G_ROLES) == {}
+        with globals_file.open("rb") as handle:
+            applied = engine.restore_globals(handle, "all", exclude=[])
+        assert set(G_ROLES) <= set(applied)
+        assert pg_server.superuser not in applied
+        assert role_snapshot(pg_server, G_ROLES) == before
+        # Again, onto a server where every role exists: merges, never fails.
+        with globals_file.open("rb") as handle:
+            engine.restore_globals(handle, "all", exclude=[])
+        assert role_snapshot(pg_server, G_ROLES) == before
+        # The superuser we connect as still logs in with its password.
+        assert engine.server_info().version_num == pg_server.version_num
+    finally:
+        _drop_test_roles(pg_server)
+
+
+def test_postgres_engine_globals_selected_user_restores_only_that_user(
+    pg_server: PgServer, tmp_path: Path
+) -> None:
+    engine = _engine(pg_server)
+    _create_test_roles(pg_server)
+    before = role_snapshot(pg_server, G_ROLES)
+    globals_file = tmp_path / "users.sql"
+    with engine.dump_globals() as stream, globals_file.open("wb") as out:
+        while chunk := stream.read(1 << 16):
+            out.write(chunk)
+    try:
+        _drop_test_roles(pg_server)
+        with globals_file.open("rb") as handle:
+            applied = engine.restore_globals(
+                handle, ["vya g 'odd\"name"], exclude=["vya_g_group"]
+            )
+        assert applied == ["vya g 'odd\"name"]
+        after = role_snapshot(pg_server, G_ROLES)
+        assert set(after) == {"vya g 'odd\"name"}
+        # Its membership needs vya_g_group, which was excluded: skipped, not failed.
+        assert after["vya g 'odd\"name"][:-1] == before["vya g 'odd\"name"][:-1]
+        assert after["vya g 'odd\"name"][-1] == []
+    finally:
+        _drop_test_roles(pg_server)
+
+
+def test_postgres_engine_dump_nonexistent_database_raises_backup_failed(
+    pg_server: PgServer, tmp_path: Path
+) -> None:
+    engine = _engine(pg_server)
+    with pytest.raises(BackupFailed) as caught:
+        _dump_to_file(engine, "no such db", tmp_path / "x.dump")
+    assert "does not exist" in str(caught.value)
+    assert caught.value.details and "pg_dump" in caught.value.details
+
+
+def _children_named(name: str) -> list[int]:
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().split(") ")[-1].split()
+            comm = stat.read_text().split("(", 1)[1].split(")", 1)[0]
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid() and comm == name:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def test_postgres_engine_killed_pg_dump_raises_backup_failed(
+    pg_server: PgServer, tricky_db: str
+) -> None:
+    engine = _engine(pg_server)
+    with pytest.raises(BackupFailed, match="killed by signal SIGKILL"):  # noqa: PT012
+        with engine.dump(tricky_db) as stream:
+            assert stream.read(1024)
+            pids = _children_named("pg_dump")
+            assert pids
+            for pid in pids:
+                os.kill(pid, 9)
+            while stream.read(1 << 16):
+                pass
+
+
+def test_postgres_engine_wrong_password_raises_connection_failed_without_password(
+    pg_server: PgServer, tmp_path: Path
+) -> None:
+    wrong = "Wrong-Pa55word-xyz"
+    engine = PostgresEngine(pg_server.instance("pg-wrong"), wrong)
+    with pytest.raises(ConnectionFailed) as caught:
+        engine.server_info()
+    error = caught.value
+    text = f"{error.message}\n{error.hint}\n{error.details}"
+    assert "password authentication failed" in text
+    assert "vya-backupdb connection test --instance pg-wrong" in error.hint
+    assert wrong not in text
+    with pytest.raises(ConnectionFailed) as caught_dump:
+        _dump_to_file(engine, "postgres", tmp_path / "x.dump")
+    text = f"{caught_dump.value.message}\n{caught_dump.value.hint}\n{caught_dump.value.details}"
+    assert wrong not in text
+    assert "password authentication failed" in text
+
+
+def test_postgres_engine_server_down_raises_connection_failed_with_hint(
+    pg_server: PgServer,
+) -> None:
+    from harness.postgres import free_port
+
+    port = free_port()
+    engine = PostgresEngine(pg_server.instance("pg-down", port=port), pg_server.password)
+    started = time.monotonic()
+    with pytest.raises(ConnectionFailed) as caught:
+        engine.list_databases()
+    assert time.monotonic() - started < 15
+    assert f"127.0.0.1:{port}" in caught.value.message
+    assert "pg_isready" in caught.value.hint
+    assert pg_server.password not in str(caught.value) + caught.value.hint
+
+
+def test_postgres_engine_drop_and_rename_database_with_odd_names(pg_server: PgServer) -> None:
+    engine = _engine(pg_server)
+    old, new = "ren 'a' \"b\" ü", "ren new 🐘"
+    for name in (old, new):
+        pg_server.drop_db(name)
+    pg_server.create_db(old)
+    with pg_server.connect(old):  # an open session must not block the rename
+        engine.rename_database(old, new)
+    assert engine.database_exists(new)
+    assert not engine.database_exists(old)
+    engine.drop_database(new)
+    assert not engine.database_exists(new)
+
+
+PAGILA = Path(os.environ.get("VYA_SAMPLE_DATASETS", "/work/shared/datasets")) / "pagila"
+
+
+@pytest.mark.slow
+def test_postgres_engine_pagila_round_trip_is_exact(pg_server: PgServer, tmp_path: Path) -> None:
+    if not (PAGILA / "pagila-schema.sql").is_file():
+        pytest.skip(f"Pagila sample not found in {PAGILA} (set VYA_SAMPLE_DATASETS)")
+    pg_server.drop_db("pagila")
+    pg_server.create_db("pagila")
+    target = "pagila restored"
+    pg_server.drop_db(target)
+    try:
+        pg_server.psql((PAGILA / "pagila-schema.sql").read_text(), "pagila")
+        pg_server.psql((PAGILA / "pagila-data.sql").read_text(), "pagila")
+        engine = _engine(pg_server)
+        dump_file = tmp_path / "pagila.dump"
+        _dump_to_file(engine, "pagila", dump_file)
+        _restore_file(
+            engine,
+            target,
+            dump_file,
+            RestoreOptions(database_properties=engine.database_properties("pagila")),
+        )
+        assert compare_databases(pg_server, "pagila", pg_server, target) == []
+        assert engine.table_stats(target)["public.rental"] == 16044
+    finally:
+        pg_server.drop_db(target)
+        pg_server.drop_db("pagila")
