@@ -39,8 +39,10 @@ NS = 1_000_000_000
 IS_ROOT = os.geteuid() == 0
 
 
-# -- tree helpers ----------------------------------------------------------------------------------
-def _write(path: bytes | Path, data: bytes, *, mode: int = 0o644, mtime_ns: int | None = None) -> None:
+# -- tree helpers ---------------------------------------------------------------------------------
+def _write(
+    path: bytes | Path, data: bytes, *, mode: int = 0o644, mtime_ns: int | None = None
+) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
@@ -71,7 +73,14 @@ def _snapshot(root: Path) -> dict[str, object]:
                 inodes.setdefault((st.st_dev, st.st_ino), []).append(rel)
         else:
             detail = stat.S_IFMT(mode)
-        entries[rel] = (stat.S_IFMT(mode), stat.S_IMODE(mode), st.st_mtime_ns, st.st_uid, st.st_gid, detail)
+        entries[rel] = (
+            stat.S_IFMT(mode),
+            stat.S_IMODE(mode),
+            st.st_mtime_ns,
+            st.st_uid,
+            st.st_gid,
+            detail,
+        )
     groups = sorted(sorted(v) for v in inodes.values() if len(v) > 1)
     return {"entries": entries, "hardlinks": groups}
 
@@ -97,9 +106,11 @@ def _build_tree(src: Path) -> None:
     (src / "empty dir").mkdir()
     (src / "docs").mkdir()
     _write(src / "docs" / "with space.txt", b"space\n", mtime_ns=t0 + 123_456_789)
-    _write(src / "docs" / "ünïcödé €.txt", "unicode\n".encode(), mtime_ns=t0 + 1)
+    _write(src / "docs" / "ünïcödé €.txt", "unicode ✓\n".encode("utf-8"), mtime_ns=t0 + 1)
     _write(src / "docs" / "new\nline.txt", b"newline\n", mtime_ns=t0 + 2)
-    _write(os.fsencode(src / "docs") + b"/bad-\xff\xfe-utf8", b"invalid utf-8 name\n", mtime_ns=t0 + 3)
+    _write(
+        os.fsencode(src / "docs") + b"/bad-\xff\xfe-utf8", b"invalid utf-8 name\n", mtime_ns=t0 + 3
+    )
     _write(src / "docs" / ("long-" + "x" * 150 + ".txt"), b"long name\n", mtime_ns=t0 + 4)
     _write(src / "secret.key", b"private\n", mode=0o600, mtime_ns=t0 + 5)
     _write(src / "run.sh", b"#!/bin/sh\necho hi\n", mode=0o755, mtime_ns=t0 + 6)
@@ -148,7 +159,11 @@ class Store:
         out, manifest = io.BytesIO(), io.BytesIO()
         base_stream = io.BytesIO(self.backups[base].manifest) if base else None
         result = self.engine.archive(
-            out, manifest, backup_id=backup_id, strategy=strategy, base_manifest=base_stream  # type: ignore[arg-type]
+            out,
+            manifest,
+            backup_id=backup_id,
+            strategy=strategy,
+            base_manifest=base_stream,  # type: ignore[arg-type]
         )
         stored = Stored(backup_id, out.getvalue(), manifest.getvalue(), result)
         self.backups[backup_id] = stored
@@ -175,7 +190,7 @@ def _engine(src: Path, **extra: object) -> FilesEngine:
     return FilesEngine(InstanceConfig(id="files1", type="files", paths=[f"{src}/**"], **extra))  # type: ignore[arg-type]
 
 
-# -- the main scenario -----------------------------------------------------------------------------
+# -- the main scenario ----------------------------------------------------------------------------
 def test_files_engine_full_incremental_differential_chain_restores_each_point_exactly(
     tmp_path: Path,
 ) -> None:
@@ -270,7 +285,7 @@ def test_files_engine_compare_content_detects_same_size_and_mtime_change(tmp_pat
     assert hashed.backup("I1", "incremental", base="F1").result.files == 1
 
 
-# -- warnings ----------------------------------------------------------------------------------------
+# -- warnings -------------------------------------------------------------------------------------
 def test_files_engine_file_growing_during_backup_warns_not_fatal(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
@@ -353,7 +368,7 @@ def test_files_engine_unreadable_file_and_directory_warn_not_fatal() -> None:
         shutil.rmtree(base)
 
 
-# -- restore options -------------------------------------------------------------------------------
+# -- restore options ------------------------------------------------------------------------------
 @pytest.fixture
 def small_backup(tmp_path: Path) -> tuple[Path, Store]:
     src = tmp_path / "src"
@@ -444,13 +459,11 @@ def test_files_archive_gnu_tar_extracts_identical_tree(tmp_path: Path) -> None:
     archive.write_bytes(stored.archive)
     target = tmp_path / "gnu"
     target.mkdir()
-    subprocess.run(
-        ["tar", "--numeric-owner", "-xpf", str(archive), "-C", str(target)], check=True
-    )
+    subprocess.run(["tar", "--numeric-owner", "-xpf", str(archive), "-C", str(target)], check=True)
     assert _diff(_snapshot(src), _snapshot(_restored(target, src))) == []
 
 
-# -- bounded memory --------------------------------------------------------------------------------
+# -- bounded memory -------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_files_engine_50k_files_archive_memory_stays_bounded(tmp_path: Path) -> None:
     import tracemalloc
@@ -473,22 +486,22 @@ def test_files_engine_50k_files_archive_memory_stays_bounded(tmp_path: Path) -> 
             return len(data)
 
     engine = _engine(src)
-    manifest = tempfile.TemporaryFile()
-    tracemalloc.start()
-    try:
-        result = engine.archive(Sink(), manifest, backup_id="F1", strategy="full")
-        _current, peak_full = tracemalloc.get_traced_memory()
-        tracemalloc.reset_peak()
-        manifest.seek(0)
-        inc = engine.archive(
-            Sink(), Sink(), backup_id="I1", strategy="incremental", base_manifest=manifest
-        )
-        _current, peak_inc = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-        manifest.close()
+    with tempfile.TemporaryFile() as manifest:
+        tracemalloc.start()
+        try:
+            result = engine.archive(Sink(), manifest, backup_id="F1", strategy="full")
+            _current, peak_full = tracemalloc.get_traced_memory()
+            tracemalloc.reset_peak()
+            manifest.seek(0)
+            inc = engine.archive(
+                Sink(), Sink(), backup_id="I1", strategy="incremental", base_manifest=manifest
+            )
+            _current, peak_inc = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
     assert result.files == 50_000
     assert inc.unchanged == result.entries_total
     # A list of 50k paths alone would be several MB; per-directory listings are ~0.3 MB.
     assert peak_full < 8 * 1024 * 1024, peak_full
     assert peak_inc < 8 * 1024 * 1024, peak_inc
+    print(f"peak traced memory: full {peak_full / 1e6:.1f} MB, incremental {peak_inc / 1e6:.1f} MB")

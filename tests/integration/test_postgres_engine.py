@@ -165,9 +165,22 @@ def test_compare_databases_changed_row_reports_difference(
         )
         pg_server.psql("UPDATE public.orders SET price = price + 0.01 WHERE id = 7", target)
         pg_server.psql("SELECT setval('public.counter_seq', 1)", target)
+        pg_server.psql(
+            "CREATE OR REPLACE FUNCTION add_numbers(a integer, b integer) RETURNS integer "
+            "LANGUAGE sql IMMUTABLE STRICT AS $$ SELECT a - b $$;"
+            "REVOKE SELECT ON public.orders FROM vya_app_reader;"
+            "SELECT lo_put((SELECT min(oid) FROM pg_largeobject_metadata), 0, '\\xff');"
+            f"COMMENT ON DATABASE {_q(target)} IS 'changed';",
+            target,
+        )
         differences = compare_databases(pg_server, tricky_db, pg_server, target)
         assert any(d.startswith("table public.orders:") for d in differences), differences
         assert any("public.counter_seq" in d for d in differences), differences
+        assert any(d.startswith("routines add_numbers") for d in differences), differences
+        assert any(d.startswith("grants differ") for d in differences), differences
+        assert any(d.startswith("large objects") for d in differences), differences
+        assert any(d.startswith("database property comment") for d in differences), differences
+        assert any(d.startswith("schema differs") for d in differences), differences
     finally:
         pg_server.drop_db(target)
 
@@ -260,10 +273,12 @@ def test_postgres_engine_unknown_table_in_selection_raises_not_found(
     target = "selected missing"
     pg_server.drop_db(target)
     try:
-        with pytest.raises(NotFoundError, match="public.no_such_table"):
+        with pytest.raises(NotFoundError, match="no_such_table"):
             _restore_file(
                 engine, target, dump_file, RestoreOptions(tables=("no_such_table",))
             )
+        # The database the failed restore created is not left behind.
+        assert not pg_server.database_exists(target)
     finally:
         pg_server.drop_db(target)
 

@@ -30,7 +30,9 @@ def test_manifest_round_trip_special_names_exact() -> None:
     entries = [
         ManifestEntry(path=b"/d", type="dir", mode=0o2755),
         ManifestEntry(path=b"/d/bad\xff\xfename", type="file", size=3, sha256="ab", backup="b1"),
-        ManifestEntry(path=b"/d/new\nline", type="file", size=1, mtime_ns=1_700_000_000_123_456_789),
+        ManifestEntry(
+            path=b"/d/new\nline", type="file", size=1, mtime_ns=1_700_000_000_123_456_789
+        ),
         ManifestEntry(path="/d/ünï cödé".encode(), type="symlink", link=b"../t\xff"),
     ]
     data = _manifest(entries)

@@ -674,6 +674,18 @@ class PostgresEngine:
         if not self.database_exists(db):
             self.create_database(db, options.database_properties, owner=options.owner)
             created = True
+        try:
+            self._restore_into(db, stream, options, created)
+        except BaseException:
+            # A database we created for this restore is not left behind half-filled.
+            if created:
+                with contextlib.suppress(VyaError, psycopg.Error):
+                    self.drop_database(db)
+            raise
+
+    def _restore_into(
+        self, db: str, stream: Readable, options: RestoreOptions, created: bool
+    ) -> None:
         with self._translate_connection_errors(RestoreFailed):
             if options.format == "plain":
                 self._restore_plain(db, stream, options)

@@ -195,6 +195,18 @@ class RestoreJob:
             )
         target_db = request.target or database
         exists = engine.database_exists(target_db)
+        if request.tables:
+            # Selective restore adds the chosen tables to the target (created when missing);
+            # swapping would replace the whole database with just those tables.
+            if exists and not confirm(
+                f"Restore tables {', '.join(request.tables)} into the existing database "
+                f"{target_db!r} on {target_inst.id!r}?"
+            ):
+                raise UsageError("restore cancelled: the target was left untouched", hint="")
+            self._restore_into(engine, record, target_db, options)
+            return RestoreResult(
+                record, target_inst.id, target_db, "tables", time.monotonic() - started
+            )
         if exists and not confirm(
             f"Database {target_db!r} exists on instance {target_inst.id!r}: replace it with "
             f"the backup of {record.started_at:%Y-%m-%d %H:%M} UTC?"
