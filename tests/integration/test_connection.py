@@ -126,9 +126,7 @@ def test_list_databases_postgres_applies_globs(pg_server: Any) -> None:
     pg_server.create_db("it_sel_a")
     pg_server.create_db("it_sel_b")
     try:
-        inst = pg_server.instance(
-            "pg", databases=["it_sel_*"], exclude_databases=["*_b"]
-        )
+        inst = pg_server.instance("pg", databases=["it_sel_*"], exclude_databases=["*_b"])
         rows = list_databases_with_sizes(inst, pg_server.password)
         assert [name for name, _ in rows] == ["it_sel_a"]
         assert rows[0][1] is not None and rows[0][1] > 1_000_000  # an empty PG db is ~7 MB
@@ -194,9 +192,7 @@ def test_config_validate_connect_mariadb_wrong_password_troubleshoots(
 
 
 @pytest.mark.mysql
-def test_connection_test_mariadb_excludes_system_databases(
-    work: Path, mariadb_server: Any
-) -> None:
+def test_connection_test_mariadb_excludes_system_databases(work: Path, mariadb_server: Any) -> None:
     mariadb_server.create_db("it_conn_shop")
     try:
         with mariadb_server.connect("it_conn_shop") as conn, conn.cursor() as cur:

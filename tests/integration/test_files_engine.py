@@ -106,7 +106,7 @@ def _build_tree(src: Path) -> None:
     (src / "empty dir").mkdir()
     (src / "docs").mkdir()
     _write(src / "docs" / "with space.txt", b"space\n", mtime_ns=t0 + 123_456_789)
-    _write(src / "docs" / "ünïcödé €.txt", "unicode ✓\n".encode("utf-8"), mtime_ns=t0 + 1)
+    _write(src / "docs" / "ünïcödé €.txt", "unicode ✓\n".encode(), mtime_ns=t0 + 1)
     _write(src / "docs" / "new\nline.txt", b"newline\n", mtime_ns=t0 + 2)
     _write(
         os.fsencode(src / "docs") + b"/bad-\xff\xfe-utf8", b"invalid utf-8 name\n", mtime_ns=t0 + 3

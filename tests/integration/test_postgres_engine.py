@@ -176,7 +176,7 @@ def test_compare_databases_changed_row_reports_difference(
         differences = compare_databases(pg_server, tricky_db, pg_server, target)
         assert any(d.startswith("table public.orders:") for d in differences), differences
         assert any("public.counter_seq" in d for d in differences), differences
-        assert any(d.startswith("routines add_numbers") for d in differences), differences
+        assert any(d.startswith("routines public.add_numbers") for d in differences), differences
         assert any(d.startswith("grants differ") for d in differences), differences
         assert any(d.startswith("large objects") for d in differences), differences
         assert any(d.startswith("database property comment") for d in differences), differences

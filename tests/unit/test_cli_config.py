@@ -62,7 +62,10 @@ def write_config(work: Path, instances: str = "", extra: str = "") -> Path:
     return path
 
 
-PG_ENV = "  - id: pg\n    type: postgresql\n    host: 127.0.0.1\n    port: {port}\n    password_env: CLI_PG_PW\n"
+PG_ENV = (
+    "  - id: pg\n    type: postgresql\n    host: 127.0.0.1\n    port: {port}\n"
+    "    password_env: CLI_PG_PW\n"
+)
 
 
 def test_config_init_writes_valid_example_and_refuses_overwrite(home: Path) -> None:
@@ -177,8 +180,7 @@ def test_connection_test_sqlite_lists_files(home: Path) -> None:
 def test_config_show_masks_every_secret(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     key = Fernet.generate_key().decode()
     monkeypatch.setenv("VYA_BACKUPDB_MASTER_KEY", key)
-    encrypted = run("credentials", "encrypt", "--stdin", stdin=SECRET + "\n")
-    write_config(home)  # encrypt needs a config: write one first, then encrypt
+    write_config(home)  # encrypt reads the key location from the config
     encrypted = run("credentials", "encrypt", "--stdin", stdin=SECRET + "\n")
     assert encrypted.exit_code == 0, encrypted.output
     token = encrypted.stdout.strip()
@@ -291,6 +293,12 @@ def test_exit_code_for_orders_categories() -> None:
     ok = Check("ok", "config", "a", "")
     assert exit_code_for([ok]) == 0
     assert exit_code_for([ok, Check("fail", "connection", "x", "")]) == 4
-    assert exit_code_for([Check("fail", "connection", "x", ""), Check("fail", "credentials", "y", "")]) == 3
-    assert exit_code_for([Check("fail", "credentials", "y", ""), Check("fail", "config", "z", "")]) == 2
+    assert (
+        exit_code_for([Check("fail", "connection", "x", ""), Check("fail", "credentials", "y", "")])
+        == 3
+    )
+    assert (
+        exit_code_for([Check("fail", "credentials", "y", ""), Check("fail", "config", "z", "")])
+        == 2
+    )
     assert exit_code_for([Check("warn", "tools", "t", "")]) == 0

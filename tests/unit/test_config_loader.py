@@ -103,7 +103,9 @@ def test_load_settings_missing_required_key_is_named(tmp_path: Path) -> None:
 
 
 def test_load_settings_plain_password_is_refused_without_echoing_it(tmp_path: Path) -> None:
-    path = write(tmp_path, "instances:\n  - id: pg\n    type: postgresql\n    password: Sup3rS3cret\n")
+    path = write(
+        tmp_path, "instances:\n  - id: pg\n    type: postgresql\n    password: Sup3rS3cret\n"
+    )
     message = error_of(path)
     assert "plain-text passwords are not accepted" in message
     assert "Sup3rS3cret" not in message
@@ -209,7 +211,9 @@ def test_load_settings_unknown_environment_lists_known_ones(tmp_path: Path) -> N
 
 
 def test_load_settings_overlay_error_mentions_environment(tmp_path: Path) -> None:
-    text = f"instances:\n{PG}environments:\n  prod:\n    instances:\n      - id: pg\n        port: 0\n"
+    text = (
+        f"instances:\n{PG}environments:\n  prod:\n    instances:\n      - id: pg\n        port: 0\n"
+    )
     message = error_of(write(tmp_path, text), env="prod")
     assert "environment 'prod'" in message
     assert "instances[0].port" in message

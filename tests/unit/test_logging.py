@@ -69,7 +69,9 @@ def test_configure_masks_secrets_in_console_and_file(
     log_file = tmp_path / "vya.log"
     configure("rich", log_file, 1)
     log = get_logger("engines.x")
-    log.warning("connecting with pw-Zebra-77 to postgresql://u:other@h", extra={"pw": "pw-Zebra-77"})
+    log.warning(
+        "connecting with pw-Zebra-77 to postgresql://u:other@h", extra={"pw": "pw-Zebra-77"}
+    )
     try:
         raise RuntimeError("PGPASSWORD=leaky failed")
     except RuntimeError:

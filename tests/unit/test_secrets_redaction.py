@@ -82,3 +82,8 @@ def test_redact_does_not_cross_lines_or_mask_nulls() -> None:
     text = "secrets:\n  directory: null\npassword: null\npassword_command: ~\n"
     assert redact(text) == text
 
+
+def test_redact_keeps_mysql_using_password_yes_readable() -> None:
+    text = "Access denied for user 'root'@'127.0.0.1' (using password: YES)"
+    assert redact(text) == text
+    assert redact("(password=abc)") == "(password=****)"

@@ -29,16 +29,16 @@ def _forget_secrets() -> Iterator[None]:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(
-        hostname="h", secrets=SecretsConfig(master_key_file=tmp_path / "master.key")
-    )
+    return Settings(hostname="h", secrets=SecretsConfig(master_key_file=tmp_path / "master.key"))
 
 
 def inst(**kw: Any) -> InstanceConfig:
     return InstanceConfig.model_validate({"id": "pg1", "type": "postgresql", **kw})
 
 
-def test_resolve_password_nothing_configured_returns_none(settings: Settings, tmp_path: Path) -> None:
+def test_resolve_password_nothing_configured_returns_none(
+    settings: Settings, tmp_path: Path
+) -> None:
     result = resolve_password_with_source(settings, inst(), tmp_path, {})
     assert result.value is None
     assert "credential store entry 'pg1'" in result.source
@@ -95,7 +95,9 @@ def test_resolve_password_missing_file_is_a_credential_error(
     assert "pg1" in info.value.message
 
 
-def test_resolve_password_from_command_first_stdout_line(settings: Settings, tmp_path: Path) -> None:
+def test_resolve_password_from_command_first_stdout_line(
+    settings: Settings, tmp_path: Path
+) -> None:
     command = shlex.join([sys.executable, "-c", "print('cmd-pw'); print('ignored')"])
     assert resolve_password(settings, inst(password_command=command), tmp_path, {}) == "cmd-pw"
 
@@ -117,9 +119,7 @@ def test_resolve_password_missing_command_is_a_credential_error(
     settings: Settings, tmp_path: Path
 ) -> None:
     with pytest.raises(CredentialError, match="password_command failed"):
-        resolve_password(
-            settings, inst(password_command="/nonexistent/vault-get pg"), tmp_path, {}
-        )
+        resolve_password(settings, inst(password_command="/nonexistent/vault-get pg"), tmp_path, {})
 
 
 def test_resolve_password_command_with_empty_output_is_an_error(
@@ -130,7 +130,9 @@ def test_resolve_password_command_with_empty_output_is_an_error(
         resolve_password(settings, inst(password_command=command), tmp_path, {})
 
 
-def test_resolve_password_unparsable_command_is_an_error(settings: Settings, tmp_path: Path) -> None:
+def test_resolve_password_unparsable_command_is_an_error(
+    settings: Settings, tmp_path: Path
+) -> None:
     with pytest.raises(CredentialError, match="cannot be parsed"):
         resolve_password(settings, inst(password_command="echo 'unclosed"), tmp_path, {})
 

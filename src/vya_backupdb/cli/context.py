@@ -62,10 +62,13 @@ class AppContext:
         from vya_backupdb.observability.logging import configure
 
         cfg = self._loaded.settings.logging if self._loaded is not None else None
+        verbosity = self.verbosity
+        if verbosity == 0 and cfg is not None:  # flags win; otherwise the config's level
+            verbosity = {"DEBUG": 1, "INFO": 0, "WARNING": -1, "ERROR": -2}[cfg.level]
         configure(
             fmt=self.log_format or (cfg.format if cfg else "rich"),
             file=self.log_file or (cfg.file if cfg else None),
-            verbosity=self.verbosity,
+            verbosity=verbosity,
         )
         self._logging_ready = True
 

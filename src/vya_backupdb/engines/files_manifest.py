@@ -30,7 +30,7 @@ MANIFEST_VERSION = 1
 
 EntryType = Literal["file", "dir", "symlink", "hardlink", "other"]
 _ENTRY_TYPES: frozenset[str] = frozenset({"file", "dir", "symlink", "hardlink", "other"})
-_READ_CHUNK = 1024 * 1024
+_READ_CHUNK = 256 * 1024
 _WRITE_BUFFER = 256 * 1024
 
 

@@ -143,9 +143,13 @@ class SqlLexer:
             elif self.mode == "dollar":
                 i = data.find(self.tag, pos)
                 if i < 0:
-                    keep = len(self.tag) - 1
-                    tail = data[max(pos, end - keep) :] if not final else b""
-                    return tail if b"$" in tail else b""
+                    if final:
+                        return b""
+                    # Keep only a tail that could be the start of the closing tag.
+                    for keep in range(min(len(self.tag) - 1, end - pos), 0, -1):
+                        if self.tag.startswith(data[end - keep :]):
+                            return data[end - keep :]
+                    return b""
                 self.mode, self._prev = "normal", ord("$")
                 pos = i + len(self.tag)
             elif self.mode == "line":

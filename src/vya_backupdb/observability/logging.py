@@ -30,6 +30,8 @@ def level_for(verbosity: int) -> int:
     """Return the log level for ``-v`` (1+ = DEBUG), default (0 = INFO), ``-q`` (-1 = WARNING)."""
     if verbosity >= 1:
         return logging.DEBUG
+    if verbosity < -1:
+        return logging.ERROR
     if verbosity < 0:
         return logging.WARNING
     return logging.INFO

@@ -23,11 +23,13 @@ _KEY_VALUE = re.compile(
     r"""(?ix)
     (?P<key>\b[\w.-]*(?:password|passwd|pwd|secret|token|api[_-]?key|master[_-]?key)[\w.-]*)
     (?P<sep>["']?[ \t]*[=:][ \t]*)
-    (?P<value>"[^"]*"|'[^']*'|[^\s,;&'"}]+)
+    (?P<value>"[^"]*"|'[^']*'|[^\s,;&'"})\]]+)
     """
 )
 # password_env / password_file / master_key_file name where a secret is, not the secret.
 _NAME_NOT_SECRET = ("_env", "_file", "_path", "_dir", "_directory")
+# Placeholders, not secrets: MySQL says "(using password: YES)", YAML dumps say "null".
+_NOT_A_VALUE = frozenset({"", MASK, "null", "none", "~", "yes", "no"})
 # scheme://user:password@host
 _URL_CREDENTIALS = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@]*:)[^\s@/]+@")
 # 'enc:' ciphertexts from `credentials encrypt` are not secrets per se, but masking them keeps
@@ -62,7 +64,7 @@ def _mask_key_value(match: re.Match[str]) -> str:
     value = match.group("value")
     if match.group("key").lower().endswith(_NAME_NOT_SECRET):
         return match.group(0)
-    if value.strip("\"'").lower() in ("", MASK, "null", "none", "~"):
+    if value.strip("\"'").lower() in _NOT_A_VALUE:
         return match.group(0)
     quote = value[0] if value[:1] in ("'", '"') else ""
     return f"{match.group('key')}{match.group('sep')}{quote}{MASK}{quote}"
