@@ -140,7 +140,7 @@ class PgServer:
                 f"dbname={_conninfo_quote(dbname)}",
                 "-f",
                 "-",
-            ],  # fmt: skip
+            ],
             input=sql.encode(),
             capture_output=True,
             env=self.libpq_env(),
@@ -177,7 +177,7 @@ class PgServer:
             row = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
         return row is not None
 
-    def instance_config(self, id: str, **overrides: Any) -> dict[str, Any]:  # noqa: A002
+    def instance_config(self, id: str, **overrides: Any) -> dict[str, Any]:
         """Return a config ``instances:`` entry for this server (password through env)."""
         os.environ[self.password_env] = self.password
         entry: dict[str, Any] = {
@@ -191,7 +191,7 @@ class PgServer:
         entry.update(overrides)
         return entry
 
-    def instance(self, id: str = "pg-test", **overrides: Any) -> Any:  # noqa: A002
+    def instance(self, id: str = "pg-test", **overrides: Any) -> Any:
         """Return a validated ``InstanceConfig`` for this server."""
         from vya_backupdb.config.models import InstanceConfig
 
@@ -257,7 +257,7 @@ def start_server(
                 "--encoding=UTF8",
                 f"--locale={locale}",
                 "--no-sync",
-            ]  # fmt: skip
+            ]
         ),
         capture_output=True,
         check=False,
@@ -302,7 +302,7 @@ def start_server(
                     "-o",
                     f"-p {port}",
                     "start",
-                ]  # fmt: skip
+                ]
             ),
             capture_output=True,
             check=False,

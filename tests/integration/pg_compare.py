@@ -42,6 +42,10 @@ _USER_NS = (
 )
 
 
+def _conninfo_quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def _connect(server: PgServer, db: str) -> Any:
     conn = server.connect(db)
     for statement in PINNED_SETTINGS:
@@ -52,8 +56,12 @@ def _connect(server: PgServer, db: str) -> Any:
 def schema_text(server: PgServer, db: str) -> list[str]:
     """Return the normalized lines of ``pg_dump --schema-only`` of ``db``."""
     out = subprocess.run(
-        [str(server.bin_dir / "pg_dump"), "--schema-only", "--no-password",
-         f"--dbname=dbname='{db.replace(chr(92), chr(92) * 2).replace(chr(39), chr(92) + chr(39))}'"],  # fmt: skip
+        [
+            str(server.bin_dir / "pg_dump"),
+            "--schema-only",
+            "--no-password",
+            "--dbname=dbname=" + _conninfo_quote(db),
+        ],
         capture_output=True,
         env=server.libpq_env(),
         check=True,
@@ -90,9 +98,7 @@ def table_digests(server: PgServer, db: str) -> dict[str, tuple[int, str, list[s
     with _connect(server, db) as conn:
         for schema, table in _user_relations(conn, "rm"):
             name = f"{_quote(schema)}.{_quote(table)}"
-            query = (
-                f"COPY (SELECT * FROM ONLY {name} t ORDER BY t::text COLLATE \"C\") TO STDOUT"
-            )
+            query = f'COPY (SELECT * FROM ONLY {name} t ORDER BY t::text COLLATE "C") TO STDOUT'
             digest = hashlib.sha256()
             rows = 0
             sample: list[str] = []
@@ -240,7 +246,9 @@ def compare_databases(
                 ),
                 "(beyond the first 2000 rows)",
             )
-            differences.append(f"table {key}: rows {a[0]} vs {b[0]}; first difference:\n    {first}")
+            differences.append(
+                f"table {key}: rows {a[0]} vs {b[0]}; first difference:\n    {first}"
+            )
     if tables_only is not None:
         return differences
     differences += _diff_lines("schema", schema_text(server_a, db_a), schema_text(server_b, db_b))
@@ -262,9 +270,7 @@ def compare_databases(
         props_b = database_properties(server_b, db_b)
         for key in props_a:
             if props_a[key] != props_b[key]:
-                differences.append(
-                    f"database property {key}: {props_a[key]!r} vs {props_b[key]!r}"
-                )
+                differences.append(f"database property {key}: {props_a[key]!r} vs {props_b[key]!r}")
     return differences
 
 

@@ -11,7 +11,6 @@ from typing import Any
 
 import pymysql
 import pytest
-from harness.mariadb import MariadbServer, quote_identifier
 from mysql_compare import (
     account_snapshot,
     assert_databases_equal,
@@ -19,6 +18,7 @@ from mysql_compare import (
     snapshot_database,
 )
 
+from harness.mariadb import MariadbServer, quote_identifier
 from vya_backupdb.config.models import InstanceConfig
 from vya_backupdb.engines.base import RestoreOptions
 from vya_backupdb.engines.mysql import MysqlEngine

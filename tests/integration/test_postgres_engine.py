@@ -54,7 +54,7 @@ def tricky_db(pg_server: PgServer) -> Iterator[str]:
     pg_server.psql(
         f"COMMENT ON DATABASE {db} IS 'tricky ''db'' comment 🐘';\n"
         f"ALTER DATABASE {db} SET timezone TO 'Asia/Kathmandu';\n"
-        f"ALTER DATABASE {db} SET search_path TO \"$user\", public, \"other schema\";\n"
+        f'ALTER DATABASE {db} SET search_path TO "$user", public, "other schema";\n'
         f"ALTER ROLE vya_app_reader IN DATABASE {db} SET work_mem TO '8MB';\n"
         f"REVOKE CONNECT ON DATABASE {db} FROM PUBLIC;\n"
         f"GRANT CONNECT, TEMPORARY ON DATABASE {db} TO vya_app_reader;\n"
@@ -75,9 +75,7 @@ def _dump_to_file(engine: PostgresEngine, db: str, path: Path) -> dict[str, Any]
     return {"extension": stream.extension, "command": stream.command, "tool": stream.tool}
 
 
-def _restore_file(
-    engine: PostgresEngine, db: str, path: Path, options: RestoreOptions
-) -> None:
+def _restore_file(engine: PostgresEngine, db: str, path: Path, options: RestoreOptions) -> None:
     with path.open("rb") as handle:
         engine.restore(db, handle, options)
 
@@ -95,7 +93,7 @@ def test_postgres_engine_round_trip_into_new_name_is_exact(
     assert meta["extension"] == extension
     assert meta["tool"] == "pg_dump"
     assert pg_server.password not in meta["command"]
-    target = f"restored {fmt} «ünï» \"q\" 🐘"
+    target = f'restored {fmt} «ünï» "q" 🐘'
     pg_server.drop_db(target)
     try:
         _restore_file(
@@ -230,7 +228,7 @@ def test_postgres_engine_selected_tables_restore_brings_indexes_and_data(
     _dump_to_file(engine, tricky_db, dump_file)
     target = "selected tables"
     pg_server.drop_db(target)
-    tables = ["public.orders", "public.order_lines", "other schema.Table \"With\" Quotes & ünï 🐘"]
+    tables = ["public.orders", "public.order_lines", 'other schema.Table "With" Quotes & ünï 🐘']
     try:
         _restore_file(
             engine,
@@ -241,9 +239,7 @@ def test_postgres_engine_selected_tables_restore_brings_indexes_and_data(
                 database_properties=engine.database_properties(tricky_db),
             ),
         )
-        assert compare_databases(
-            pg_server, tricky_db, pg_server, target, tables_only=tables
-        ) == []
+        assert compare_databases(pg_server, tricky_db, pg_server, target, tables_only=tables) == []
         restored = set(table_digests(pg_server, target))
         assert restored == set(tables)
         catalog = pg_server.psql(
@@ -274,9 +270,7 @@ def test_postgres_engine_unknown_table_in_selection_raises_not_found(
     pg_server.drop_db(target)
     try:
         with pytest.raises(NotFoundError, match="no_such_table"):
-            _restore_file(
-                engine, target, dump_file, RestoreOptions(tables=("no_such_table",))
-            )
+            _restore_file(engine, target, dump_file, RestoreOptions(tables=("no_such_table",)))
         # The database the failed restore created is not left behind.
         assert not pg_server.database_exists(target)
     finally:
@@ -296,9 +290,7 @@ def test_postgres_engine_table_stats_counts_rows_exactly(
     assert stats["public.measurements_2024"] == 366
 
 
-def test_postgres_engine_list_databases_includes_sizes(
-    pg_server: PgServer, tricky_db: str
-) -> None:
+def test_postgres_engine_list_databases_includes_sizes(pg_server: PgServer, tricky_db: str) -> None:
     databases = {d.name: d for d in _engine(pg_server).list_databases()}
     assert databases[tricky_db].size_bytes is not None
     assert databases[tricky_db].size_bytes > 1_000_000
@@ -310,13 +302,13 @@ def test_postgres_engine_list_databases_includes_sizes(
 
 def _create_test_roles(server: PgServer) -> None:
     server.psql(
-        "DROP ROLE IF EXISTS vya_g_login, vya_g_group, \"vya g 'odd\"\"name\";"
+        'DROP ROLE IF EXISTS vya_g_login, vya_g_group, "vya g \'odd""name";'
         "CREATE ROLE vya_g_group NOLOGIN CREATEDB;"
         "CREATE ROLE vya_g_login LOGIN PASSWORD 'secret-pw' CONNECTION LIMIT 7 "
         "  VALID UNTIL '2031-02-03 04:05:06+00' CREATEROLE;"
-        "CREATE ROLE \"vya g 'odd\"\"name\" LOGIN REPLICATION;"
+        'CREATE ROLE "vya g \'odd""name" LOGIN REPLICATION;'
         "GRANT vya_g_group TO vya_g_login WITH ADMIN OPTION;"
-        "GRANT vya_g_group TO \"vya g 'odd\"\"name\";"
+        'GRANT vya_g_group TO "vya g \'odd""name";'
         "ALTER ROLE vya_g_login SET search_path TO 'a', 'b c';"
         "ALTER ROLE vya_g_login SET statement_timeout TO '5min';"
         "COMMENT ON ROLE vya_g_group IS 'multi\nline ''comment''';"
@@ -327,7 +319,7 @@ G_ROLES = ["vya_g_group", "vya_g_login", "vya g 'odd\"name"]
 
 
 def _drop_test_roles(server: PgServer) -> None:
-    server.psql("DROP ROLE IF EXISTS vya_g_login, vya_g_group, \"vya g 'odd\"\"name\";")
+    server.psql('DROP ROLE IF EXISTS vya_g_login, vya_g_group, "vya g \'odd""name";')
 
 
 def test_postgres_engine_globals_round_trip_restores_identical_roles(
@@ -378,9 +370,7 @@ def test_postgres_engine_globals_selected_user_restores_only_that_user(
     try:
         _drop_test_roles(pg_server)
         with globals_file.open("rb") as handle:
-            applied = engine.restore_globals(
-                handle, ["vya g 'odd\"name"], exclude=["vya_g_group"]
-            )
+            applied = engine.restore_globals(handle, ["vya g 'odd\"name"], exclude=["vya_g_group"])
         assert applied == ["vya g 'odd\"name"]
         after = role_snapshot(pg_server, G_ROLES)
         assert set(after) == {"vya g 'odd\"name"}
@@ -418,15 +408,17 @@ def test_postgres_engine_killed_pg_dump_raises_backup_failed(
     pg_server: PgServer, tricky_db: str
 ) -> None:
     engine = _engine(pg_server)
-    with pytest.raises(BackupFailed, match="killed by signal SIGKILL"):  # noqa: PT012
-        with engine.dump(tricky_db) as stream:
-            assert stream.read(1024)
-            pids = _children_named("pg_dump")
-            assert pids
-            for pid in pids:
-                os.kill(pid, 9)
-            while stream.read(1 << 16):
-                pass
+    with (
+        pytest.raises(BackupFailed, match="killed by signal SIGKILL"),
+        engine.dump(tricky_db) as stream,
+    ):
+        assert stream.read(1024)
+        pids = _children_named("pg_dump")
+        assert pids
+        for pid in pids:
+            os.kill(pid, 9)
+        while stream.read(1 << 16):
+            pass
 
 
 def test_postgres_engine_wrong_password_raises_connection_failed_without_password(
@@ -506,3 +498,52 @@ def test_postgres_engine_pagila_round_trip_is_exact(pg_server: PgServer, tmp_pat
     finally:
         pg_server.drop_db(target)
         pg_server.drop_db("pagila")
+
+
+@pytest.mark.parametrize(("fmt", "extension"), [("custom", "dump"), ("plain", "sql")])
+def test_postgres_engine_restore_with_owner_reassigns_ownership(
+    pg_server: PgServer, tmp_path: Path, fmt: str, extension: str
+) -> None:
+    _ensure_roles(pg_server)
+    source, target = f"owner src {fmt}", f"owner dst {fmt}"
+    for name in (source, target):
+        pg_server.drop_db(name)
+    pg_server.create_db(source)
+    pg_server.psql(
+        "CREATE TABLE items (id serial PRIMARY KEY, name text);"
+        "INSERT INTO items (name) SELECT 'item ' || i FROM generate_series(1, 50) i;"
+        "CREATE VIEW item_names AS SELECT name FROM items;"
+        "CREATE FUNCTION n_items() RETURNS bigint LANGUAGE sql AS $$ SELECT count(*) FROM items $$;"
+        "ALTER TABLE items OWNER TO vya_app_owner;",
+        source,
+    )
+    engine = _engine(pg_server, format=fmt)
+    dump_file = tmp_path / f"x.{extension}"
+    _dump_to_file(engine, source, dump_file)
+    try:
+        _restore_file(
+            engine,
+            target,
+            dump_file,
+            RestoreOptions(
+                format=fmt,
+                owner="vya_app_reader",
+                database_properties=engine.database_properties(source),
+            ),
+        )
+        owners = pg_server.psql(
+            "SELECT string_agg(DISTINCT pg_get_userbyid(c.relowner), ',') FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public';"
+            "SELECT pg_get_userbyid(proowner) FROM pg_proc WHERE proname = 'n_items';"
+            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database();"
+            "SELECT n_items();",
+            target,
+        ).split()
+        assert owners == ["vya_app_reader"] * 3 + ["50"]
+        assert (
+            compare_databases(pg_server, source, pg_server, target, tables_only=["public.items"])
+            == []
+        )
+    finally:
+        pg_server.drop_db(source)
+        pg_server.drop_db(target)

@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from vya_backupdb.config.base import FrozenModel
 from vya_backupdb.config.retention import RetentionConfig
+from vya_backupdb.config.verification import CleanupConfig, VerificationConfig
 
 __all__ = ["FrozenModel", "InstanceConfig", "RetentionConfig", "Settings"]
 
@@ -206,6 +207,12 @@ class Settings(FrozenModel):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     retention: RetentionConfig = Field(
         default_factory=RetentionConfig, description="Default retention policy (see docs)"
+    )
+    verification: VerificationConfig = Field(
+        default_factory=VerificationConfig, description="Checking backups (docs/verification.md)"
+    )
+    cleanup: CleanupConfig = Field(
+        default_factory=CleanupConfig, description="Applying the retention policy automatically"
     )
     environments: dict[str, dict[str, Any]] = Field(
         default_factory=dict,

@@ -23,7 +23,7 @@ import stat
 import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Literal, cast
+from typing import BinaryIO, Literal
 
 from vya_backupdb.config.models import InstanceConfig
 from vya_backupdb.engines.files_manifest import (
@@ -39,6 +39,7 @@ from vya_backupdb.engines.files_restore import (
     restore_archive,
     restore_chain,
 )
+from vya_backupdb.engines.files_tar import TarWriter
 from vya_backupdb.engines.files_walk import PathSelection, WalkEntry
 from vya_backupdb.engines.process import Readable
 from vya_backupdb.errors import BackupFailed
@@ -92,28 +93,8 @@ class ArchiveResult:
             self.warnings.append(f"{os.fsdecode(path)!s}: {reason}".replace("\n", "\\n"))
 
 
-class _PositionWriter:
-    """Gives tarfile the ``tell()`` it wants on a stream that only writes.
-
-    tarfile's own stream mode (``w|``) re-slices a bytes buffer for every 10 KiB record, which
-    costs more CPU than compressing; plain ``w`` mode writes straight through.
-    """
-
-    def __init__(self, out: Writable) -> None:
-        self._out = out
-        self.position = 0
-
-    def write(self, data: bytes) -> int:
-        self._out.write(data)
-        self.position += len(data)
-        return len(data)
-
-    def tell(self) -> int:
-        return self.position
-
-
 class _ContentReader:
-    """Reads exactly ``size`` bytes of an open file for tarfile, hashing them on the way.
+    """Reads exactly ``size`` bytes of an open file for the tar, hashing them on the way.
 
     The tar header (with the size) is written before the content, so a file that shrinks is
     padded with zeros and one that grows is cut at ``size``; ``short`` / ``error`` say so.
@@ -287,7 +268,7 @@ class _ArchiveRun:
         on_entry: Callable[[str], None] | None,
     ) -> None:
         self.engine = engine
-        self.out = _PositionWriter(out)
+        self.out = out
         self.manifest_out = manifest_out
         self.backup_id = backup_id
         self.result = result
@@ -308,42 +289,32 @@ class _ArchiveRun:
             strategy=self.result.strategy,
             base=self.result.base_backup_id,
         )
-        # Plain "w" mode on a write-only stream: the wrapper supplies tell(); closing the
-        # TarFile writes the end-of-archive blocks and leaves `out` open.
-        tar = tarfile.TarFile(
-            fileobj=cast(Any, self.out),
-            mode="w",
-            format=tarfile.PAX_FORMAT,
-            encoding="utf-8",
-            errors="surrogateescape",
-            copybufsize=_COPY_CHUNK,
-        )
-        try:
-            for walked in self.engine.selection.walk(self.result.warn):
-                entry = self._entry(walked)
-                if entry is None:
-                    continue
-                key = entry.key
-                while base_next is not None and base_next.key < key:
-                    self.result.deleted += 1
-                    base_next = next(base_iter, None)
-                old: ManifestEntry | None = None
-                if base_next is not None and base_next.key == key:
-                    old = base_next
-                    base_next = next(base_iter, None)
-                if old is not None and self._same(walked, entry, old):
-                    entry.sha256 = old.sha256
-                    entry.backup = old.backup
-                    self.result.unchanged += 1
-                elif not self._write(tar, walked, entry):
-                    continue
-                writer.add(entry)
-                self.result.entries_total += 1
-            while base_next is not None:
+        tar = TarWriter(self.out)
+        for walked in self.engine.selection.walk(self.result.warn):
+            entry = self._entry(walked)
+            if entry is None:
+                continue
+            key = entry.key
+            while base_next is not None and base_next.key < key:
                 self.result.deleted += 1
                 base_next = next(base_iter, None)
-        finally:
-            tar.close()
+            old: ManifestEntry | None = None
+            if base_next is not None and base_next.key == key:
+                old = base_next
+                base_next = next(base_iter, None)
+            if old is not None and self._same(walked, entry, old):
+                entry.sha256 = old.sha256
+                entry.backup = old.backup
+                self.result.unchanged += 1
+            elif not self._write(tar, walked, entry):
+                continue
+            writer.add(entry)
+            self.result.entries_total += 1
+        while base_next is not None:
+            self.result.deleted += 1
+            base_next = next(base_iter, None)
+        # The end-of-archive blocks only on success: a failed run must not look complete.
+        tar.close()
         writer.close()
 
     def _entry(self, walked: WalkEntry) -> ManifestEntry | None:
@@ -424,12 +395,10 @@ class _ArchiveRun:
         info.gname = entry.gname
         return info
 
-    def _add(self, tar: tarfile.TarFile, info: tarfile.TarInfo, content: Readable | None) -> None:
-        tar.addfile(info, cast(Any, content))
-        # tarfile remembers every member it wrote; forget them to keep memory bounded.
-        cast(Any, tar).members.clear()
+    def _add(self, tar: TarWriter, info: tarfile.TarInfo, content: Readable | None) -> None:
+        tar.add(info, content)
 
-    def _write(self, tar: tarfile.TarFile, walked: WalkEntry, entry: ManifestEntry) -> bool:
+    def _write(self, tar: TarWriter, walked: WalkEntry, entry: ManifestEntry) -> bool:
         """Write ``entry`` to the tar; return False when it vanished (then it is not listed)."""
         entry.backup = self.backup_id
         if entry.type == "file":
@@ -459,7 +428,7 @@ class _ArchiveRun:
         self._notify(entry)
         return True
 
-    def _write_file(self, tar: tarfile.TarFile, walked: WalkEntry, entry: ManifestEntry) -> bool:
+    def _write_file(self, tar: TarWriter, walked: WalkEntry, entry: ManifestEntry) -> bool:
         flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
             try:

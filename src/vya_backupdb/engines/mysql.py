@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import io
 import json
+import logging
 import re
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
@@ -65,6 +67,8 @@ from vya_backupdb.errors import (
     VyaError,
 )
 
+log = logging.getLogger(__name__)
+
 CLIENT_PACKAGE = "mariadb-client"
 
 #: Tools by instance type, preferred first. On Debian ``mysqldump``/``mysql`` are links to the
@@ -89,7 +93,12 @@ DUMP_OPTIONS: tuple[str, ...] = (
     "--tz-utc",
     "--no-tablespaces",
 )
-RESTORE_OPTIONS: tuple[str, ...] = ("--binary-mode", "--default-character-set=utf8mb4")
+#: ``--comments``: the client strips comments by default, even inside routine bodies.
+RESTORE_OPTIONS: tuple[str, ...] = (
+    "--binary-mode",
+    "--default-character-set=utf8mb4",
+    "--comments",
+)
 
 #: Accounts every server creates itself; ``restore_globals(users="all")`` leaves them alone.
 BUILTIN_USERS: frozenset[str] = frozenset(
@@ -109,6 +118,7 @@ BUILTIN_USERS: frozenset[str] = frozenset(
 USERS_FILE_FORMAT = 1
 _ACCOUNT_MARK = "-- vya-account: "
 _END_MARK = "-- vya-end"
+_BUILTIN_PREFIX = "-- (built-in) "
 _HEAD_BYTES = 64 * 1024
 _TAIL_BYTES = 16 * 1024
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9_]+$")
@@ -116,6 +126,8 @@ _SECRET_LITERAL = re.compile(r"\b(PASSWORD|USING|AS|BY)\s+'(?:[^'\\]|\\.|'')*'",
 
 _ACCESS_DENIED = 1045
 _UNKNOWN_DATABASE = 1049
+#: No such table (1146), column (1054), routine (1305): a grant on an object not restored yet.
+_MISSING_OBJECT = frozenset({1146, 1054, 1305})
 _CONNECT_ERRORS = frozenset({1045, 1044, 1129, 1130, 1251, 2002, 2003, 2005, 2006, 2013})
 
 
@@ -230,13 +242,18 @@ def make_dump_command(
     *,
     binlog_options: Sequence[str] = (),
     password: str | None = None,
+    events: bool = True,
 ) -> Command:
-    """Return the dump command of ``db``: defaults file first, the database last."""
+    """Return the dump command of ``db``: defaults file first, the database last.
+
+    ``events=False`` leaves events out (they are then written by :func:`render_events_sql`).
+    """
+    options = [o if events or o != "--events" else "--skip-events" for o in DUMP_OPTIONS]
     argv = [
         tool,
         f"--defaults-extra-file={defaults_file}",
         *make_connection_args(instance),
-        *DUMP_OPTIONS,
+        *options,
         *binlog_options,
         *instance.dump_options,
         # "--" so a database named like an option stays a database name.
@@ -300,6 +317,71 @@ def version_number(version: str) -> int:
     return major * 10000 + minor * 100 + patch
 
 
+#: MariaDB character set -> Python codec, to send an event's text in its original encoding.
+_PYTHON_CODECS = {"utf8mb4": "utf-8", "utf8mb3": "utf-8", "utf8": "utf-8", "latin1": "cp1252"}
+
+
+@dataclass(frozen=True)
+class EventDefinition:
+    """One row of SHOW CREATE EVENT."""
+
+    name: str
+    sql_mode: str
+    time_zone: str
+    create: str
+    character_set_client: str
+    collation_connection: str
+
+
+def render_events_sql(events: Sequence[EventDefinition]) -> bytes:
+    """Return SQL that recreates ``events`` exactly as mariadb-dump would.
+
+    Used when mariadb-dump cannot dump events itself: it fails on the events of a database
+    whose name contains a single quote (``Unknown database`` when selecting it, 10.11.19).
+    Each event is sent in its original client character set so its metadata matches.
+    """
+    if not events:
+        return b""
+    out = [
+        b"\n--\n-- Events (written by vya-backupdb: mariadb-dump cannot dump the events of a"
+        b" database whose name holds a quote)\n--\n\nDELIMITER ;;\n"
+    ]
+    for event in events:
+        charset = event.character_set_client
+        codec = _PYTHON_CODECS.get(charset)
+        if codec is None or not _NAME_PATTERN.match(event.collation_connection):
+            charset, codec = "utf8mb4", "utf-8"
+        collation = event.collation_connection if charset == event.character_set_client else ""
+        lines = [
+            "/*!50003 SET @vya_saved_cs_client = @@character_set_client */ ;;",
+            "/*!50003 SET @vya_saved_cs_results = @@character_set_results */ ;;",
+            "/*!50003 SET @vya_saved_col_connection = @@collation_connection */ ;;",
+            f"/*!50003 SET character_set_client = {charset} */ ;;",
+            f"/*!50003 SET character_set_results = {charset} */ ;;",
+        ]
+        if collation:
+            lines.append(f"/*!50003 SET collation_connection = {collation} */ ;;")
+        lines += [
+            "/*!50003 SET @vya_saved_sql_mode = @@sql_mode */ ;;",
+            f"/*!50003 SET sql_mode = {quote_string(event.sql_mode)} */ ;;",
+            "/*!50003 SET @vya_saved_time_zone = @@time_zone */ ;;",
+            f"/*!50003 SET time_zone = {quote_string(event.time_zone)} */ ;;",
+            f"/*!50106 DROP EVENT IF EXISTS {quote_identifier(event.name)} */ ;;",
+        ]
+        out.append(("\n".join(lines) + "\n").encode("utf-8"))
+        out.append(event.create.encode(codec, errors="strict") + b" ;;\n")
+        restore = [
+            "/*!50003 SET time_zone = @vya_saved_time_zone */ ;;",
+            "/*!50003 SET sql_mode = @vya_saved_sql_mode */ ;;",
+            "/*!50003 SET character_set_client = @vya_saved_cs_client */ ;;",
+            "/*!50003 SET character_set_results = @vya_saved_cs_results */ ;;",
+            "/*!50003 SET collation_connection = @vya_saved_col_connection */ ;;",
+        ]
+        out.append(("\n".join(restore) + "\n").encode("utf-8"))
+    out.append(b"DELIMITER ;\n")
+    return b"".join(out)
+
+
 def mask_sql_secrets(text: str) -> str:
     """Return ``text`` with password hashes and auth strings replaced by ``'****'``."""
     return _SECRET_LITERAL.sub(lambda m: f"{m.group(1)} '****'", text)
@@ -327,6 +409,21 @@ class IteratorReader:
                 break
         out, self._buffer = self._buffer[:size], self._buffer[size:]
         return out
+
+
+class ChainReader:
+    """A Readable that reads its readers one after the other."""
+
+    def __init__(self, *readers: Readable):
+        self._readers = list(readers)
+
+    def read(self, size: int = -1, /) -> bytes:
+        while self._readers:
+            data = self._readers[0].read(size)
+            if data:
+                return data
+            self._readers.pop(0)
+        return b""
 
 
 class BinlogScanner:
@@ -413,12 +510,22 @@ def render_users_header(server: ServerInfo, names: Sequence[str]) -> str:
 
 
 def render_account_block(block: AccountBlock) -> str:
-    """Return ``block`` as SQL text: a JSON marker comment, one statement a line, an end mark."""
-    marker = json.dumps(
-        {"user": block.user, "host": block.host, "requires": list(block.requires)},
-        ensure_ascii=False,
+    """Return ``block`` as SQL text: a JSON marker comment, one statement a line, an end mark.
+
+    The statements of built-in accounts (root, mariadb.sys, ...) are written commented out:
+    ``mariadb < FILE`` then leaves the target's own root password and grants alone, while
+    ``users restore --user root`` can still apply them deliberately.
+    """
+    fields: dict[str, Any] = {"user": block.user, "host": block.host}
+    fields["requires"] = list(block.requires)
+    if block.builtin:
+        fields["builtin"] = True
+    marker = json.dumps(fields, ensure_ascii=False)
+    prefix = _BUILTIN_PREFIX if block.builtin else ""
+    body = "".join(
+        "\n".join(prefix + line for line in f"{statement};".split("\n")) + "\n"
+        for statement in block.statements
     )
-    body = "".join(f"{statement};\n" for statement in block.statements)
     return f"{_ACCOUNT_MARK}{marker}\n{body}{_END_MARK}\n\n"
 
 
@@ -436,7 +543,8 @@ def parse_users_file(lines: Iterable[str]) -> Iterator[AccountBlock]:
             except json.JSONDecodeError:
                 raise RestoreFailed(f"users file line {number}: bad account marker") from None
             statements, pending = [], []
-        elif line.startswith(_END_MARK):
+            continue
+        if line.startswith(_END_MARK):
             if current is None or pending:
                 raise RestoreFailed(f"users file line {number}: unexpected end of block")
             yield AccountBlock(
@@ -446,7 +554,14 @@ def parse_users_file(lines: Iterable[str]) -> Iterator[AccountBlock]:
                 requires=tuple(str(r) for r in current.get("requires", ())),
             )
             current = None
-        elif current is not None and (pending or (line.strip() and not line.startswith("--"))):
+            continue
+        if current is None:
+            continue
+        if current.get("builtin"):
+            if not line.startswith(_BUILTIN_PREFIX):
+                continue
+            line = line[len(_BUILTIN_PREFIX) :]
+        if pending or (line.strip() and not line.startswith("--")):
             pending.append(line)
             # Statements end with ';' at the end of a line (SHOW GRANTS output is one line).
             if line.rstrip().endswith(";"):
@@ -543,6 +658,9 @@ class MysqlEngine:
         # The tools would default to the OS user name; PyMySQL must use the same account.
         self._user = instance.user or getpass.getuser()
         self._server: ServerInfo | None = None
+        #: Grants the last ``restore_globals`` skipped because their table, column or routine
+        #: does not exist on the target (restore the databases first, then the users again).
+        self.skipped_grants: list[str] = []
 
     # -- connections ---------------------------------------------------------------------
 
@@ -718,15 +836,25 @@ class MysqlEngine:
         server = self.server_info()
         options = binlog_dump_options(version, server.product) if binlog else []
         info: dict[str, Any] = {"binlog": None, "server_product": server.product}
+        # mariadb-dump fails on the events of a database whose name holds a quote: then the
+        # events are written by us, after its output (read before the dump starts; events
+        # are not part of the transactional snapshot anyway).
+        events_sql = self._events_sql(db) if "'" in db else None
         with secret_file(make_defaults_file(self._user, self._password), suffix=".cnf") as cnf:
             command = make_dump_command(
-                tools.dump, cnf, self._instance, db, binlog_options=options, password=self._password
+                tools.dump,
+                cnf,
+                self._instance,
+                db,
+                binlog_options=options,
+                password=self._password,
+                events=events_sql is None,
             )
             try:
                 with ToolReader(command, BackupFailed) as reader:
                     scanner = BinlogScanner(reader)
                     yield DumpStream(
-                        reader=scanner,
+                        reader=ChainReader(scanner, io.BytesIO(events_sql or b"")),
                         extension="sql",
                         tool=Path(tools.dump).name,
                         tool_version=version,
@@ -744,6 +872,20 @@ class MysqlEngine:
                 raise
         if binlog:
             info["binlog"] = scanner.coordinates()
+
+    def _events_sql(self, db: str) -> bytes:
+        events: list[EventDefinition] = []
+        with self._cursor(BackupFailed, f"reading the events of {db!r}") as cur:
+            cur.execute(
+                "SELECT EVENT_NAME FROM information_schema.EVENTS WHERE EVENT_SCHEMA = %s"
+                " ORDER BY EVENT_NAME",
+                (db,),
+            )
+            for (name,) in cur.fetchall():
+                cur.execute(f"SHOW CREATE EVENT {quote_identifier(db)}.{quote_identifier(name)}")
+                row = cur.fetchone()
+                events.append(EventDefinition(*(str(v) for v in row[:6])))
+        return render_events_sql(events)
 
     def dump(self, db: str) -> contextlib.AbstractContextManager[DumpStream]:
         """Yield the SQL dump of ``db``; raise BackupFailed (with stderr tail) at exit on failure.
@@ -1013,14 +1155,26 @@ class MysqlEngine:
 
     def _apply_blocks(self, blocks: Iterable[AccountBlock]) -> list[str]:
         applied: list[str] = []
+        self.skipped_grants = []
         with self._cursor(RestoreFailed, "restoring users") as cur:
             for block in blocks:
                 for statement in block.statements:
                     try:
                         cur.execute(statement)
                     except pymysql.err.MySQLError as exc:
-                        if exc.args and exc.args[0] in _CONNECT_ERRORS:
+                        code = exc.args[0] if exc.args else 0
+                        if code in _CONNECT_ERRORS:
                             raise
+                        if code in _MISSING_OBJECT and statement.startswith("GRANT "):
+                            # A table/column/routine grant whose object is not (yet) on this
+                            # server: the account is still restored; the caller reports these.
+                            self.skipped_grants.append(f"{block.name}: {statement}")
+                            log.warning(
+                                "grant skipped for %s, its object is missing: %s",
+                                block.name,
+                                exc.args[-1],
+                            )
+                            continue
                         raise RestoreFailed(
                             f"restoring account {block.name} failed: {exc.args[-1]}",
                             hint="The statement was: " + mask_sql_secrets(statement),
