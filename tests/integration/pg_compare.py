@@ -63,7 +63,9 @@ def schema_text(server: PgServer, db: str) -> list[str]:
             "--dbname=dbname=" + _conninfo_quote(db),
         ],
         capture_output=True,
-        env=server.libpq_env(),
+        # Constants such as timestamptz column defaults are rendered in the session's time
+        # zone: pin it so two servers with different defaults render the same instant alike.
+        env={**server.libpq_env(), "PGTZ": "UTC"},
         check=True,
         timeout=300,
     ).stdout.decode()

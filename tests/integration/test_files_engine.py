@@ -31,7 +31,7 @@ from vya_backupdb.engines.files import (
     restore_archive,
     restore_chain,
 )
-from vya_backupdb.errors import RestoreFailed
+from vya_backupdb.errors import BackupFailed, RestoreFailed
 
 pytestmark = pytest.mark.integration
 
@@ -505,3 +505,18 @@ def test_files_engine_50k_files_archive_memory_stays_bounded(tmp_path: Path) -> 
     assert peak_full < 8 * 1024 * 1024, peak_full
     assert peak_inc < 8 * 1024 * 1024, peak_inc
     print(f"peak traced memory: full {peak_full / 1e6:.1f} MB, incremental {peak_inc / 1e6:.1f} MB")
+
+
+def test_files_engine_estimate_counts_entries_and_bytes_once_per_inode(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    _write(src / "a", b"x" * 1000)
+    _write(src / "b", b"y" * 24)
+    os.link(src / "a", src / "a-again")
+    assert _engine(src).estimate() == (4, 1024)  # src, a, a-again, b
+
+
+def test_files_engine_patterns_matching_nothing_raise_backup_failed(tmp_path: Path) -> None:
+    engine = _engine(tmp_path / "missing")
+    with pytest.raises(BackupFailed, match="matched nothing"):
+        engine.archive(io.BytesIO(), io.BytesIO(), backup_id="F1", strategy="full")

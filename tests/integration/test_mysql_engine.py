@@ -133,7 +133,8 @@ def _tricky_statements(db: str) -> list[tuple[str, Any]]:
         ("CREATE TABLE parent (id INT PRIMARY KEY)", None),
         (
             "CREATE TABLE child (id INT PRIMARY KEY, parent_id INT,"
-            " CONSTRAINT fk_parent FOREIGN KEY (parent_id) REFERENCES parent (id) ON DELETE CASCADE)",
+            " CONSTRAINT fk_parent FOREIGN KEY (parent_id) REFERENCES parent (id)"
+            " ON DELETE CASCADE)",
             None,
         ),
         ("INSERT INTO parent VALUES (1), (2)", None),
@@ -350,9 +351,45 @@ def test_mysql_wrong_password_raises_connection_failed_without_password(
         pass
 
 
+def test_mysql_backup_user_with_odd_password_and_least_privileges_dumps(
+    mariadb_server: MariadbServer, tricky_db: str
+) -> None:
+    # The password goes through the option file (quotes, backslash, '#', non-ASCII) and
+    # through PyMySQL: both must send the same UTF-8 bytes.
+    password = 'p ü "q" \\ #;x\'s'
+    q = quote_identifier(tricky_db)
+    statements: list[tuple[str, Any]] = [
+        ("DROP USER IF EXISTS 'vya_backup'@'127.0.0.1'", None),
+        ("CREATE USER 'vya_backup'@'127.0.0.1' IDENTIFIED BY %s", (password,)),
+        (
+            f"GRANT SELECT, SHOW VIEW, TRIGGER, EVENT, LOCK TABLES ON {q}.* TO "
+            "'vya_backup'@'127.0.0.1'",
+            None,
+        ),
+        ("GRANT RELOAD, BINLOG MONITOR ON *.* TO 'vya_backup'@'127.0.0.1'", None),
+    ]
+    _execute_all(mariadb_server, "mysql", statements)
+    instance = InstanceConfig.model_validate(
+        mariadb_server.instance_config("backup", user="vya_backup")
+    )
+    engine = MysqlEngine(instance, password)
+    try:
+        assert engine.server_info().product == "MariaDB"
+        size = 0
+        with engine.dump(tricky_db) as stream:
+            while chunk := stream.read(65536):
+                size += len(chunk)
+        assert size > 100_000
+        assert stream.info["binlog"]["position"] > 0
+    finally:
+        _execute_all(
+            mariadb_server, "mysql", [("DROP USER IF EXISTS 'vya_backup'@'127.0.0.1'", None)]
+        )
+
+
 def test_mysql_unreachable_server_raises_connection_failed(mariadb_server: MariadbServer) -> None:
     instance = InstanceConfig.model_validate(mariadb_server.instance_config("down", port=1))
-    with pytest.raises(ConnectionFailed, match="127.0.0.1:1") as caught:
+    with pytest.raises(ConnectionFailed, match=r"127\.0\.0\.1:1\b") as caught:
         MysqlEngine(instance, "pw").list_databases()
     assert "reachable" in caught.value.hint
 
@@ -464,7 +501,11 @@ def _create_accounts(server: MariadbServer, db: str) -> None:
             (f"GRANT SELECT, INSERT ON {q}.* TO 'vya_alice'@'localhost'", None),
             (f"GRANT UPDATE ON {q}.`latin1_t` TO 'vya_alice'@'localhost'", None),
             (f"GRANT SELECT (s), UPDATE (s) ON {q}.`latin1_t` TO 'vya_alice'@'10.0.%%'", ()),
-            (f"GRANT EXECUTE ON FUNCTION {q}.`fn ü` TO 'vya bob ü'@'%%'", ()),
+            # Routine grants use an ASCII database: MariaDB 10.11 loses routine grants on
+            # non-ASCII names at FLUSH PRIVILEGES (mojibake in mysql.procs_priv).
+            ("CREATE DATABASE IF NOT EXISTS vya_grants", None),
+            ("CREATE PROCEDURE IF NOT EXISTS vya_grants.p() SELECT 1", None),
+            ("GRANT EXECUTE ON PROCEDURE vya_grants.p TO 'vya_alice'@'10.0.%%'", ()),
             ("GRANT vya_role_app TO 'vya_alice'@'localhost'", None),
             ("SET DEFAULT ROLE vya_role_app FOR 'vya_alice'@'localhost'", None),
             (f"GRANT ALL ON {q}.* TO 'vya bob ü'@'%%' WITH GRANT OPTION", ()),
@@ -496,6 +537,7 @@ def users_file(
             out.write(chunk)
     yield path, snapshot, list(stream.info["users"])
     _drop_accounts(mariadb_server)
+    mariadb_server.drop_db("vya_grants")
 
 
 def test_mysql_dump_globals_lists_accounts_and_roles(
@@ -544,10 +586,10 @@ def test_mysql_restore_globals_recreates_identical_accounts_and_is_idempotent(
     with (
         contextlib.closing(
             pymysql.connect(
-                host=mariadb_server.host,
-                port=mariadb_server.port,
+                # 'vya_alice'@'localhost' matches socket logins (no name resolution here).
+                unix_socket=mariadb_server.socket,
                 user="vya_alice",
-                password=USER_PASSWORD,
+                password=USER_PASSWORD.encode(),
                 charset="utf8mb4",
             )
         ) as conn,
@@ -579,36 +621,49 @@ def test_mysql_restore_globals_selected_user_brings_its_roles_only(
 
 
 def test_mysql_restore_globals_onto_other_server_with_builtins_succeeds(
-    mariadb_server: MariadbServer,
     mariadb_server_alt: MariadbServer,
-    tricky_db: str,
+    tricky_dump: tuple[Path, dict[str, Any]],
     users_file: tuple[Path, dict[str, Any], list[str]],
 ) -> None:
     path, snapshot, _names = users_file
     engine = _engine(mariadb_server_alt)
     _drop_accounts(mariadb_server_alt)
+    mariadb_server_alt.drop_db(TRICKY_DB)
+    wanted = [a for a in ACCOUNTS if a[1] != "10.0.%"]
     try:
+        # Users first, databases missing: the accounts are created, table grants skipped.
         with path.open("rb") as source:
             applied = engine.restore_globals(source, "all", ["vya_alice@10.0.%"])
         assert "'root'@'localhost'" not in applied
+        assert "'mariadb.sys'@'localhost'" not in applied
         assert "'vya_alice'@'10.0.%'" not in applied
-        restored = account_snapshot(mariadb_server_alt, [a for a in ACCOUNTS if a[1] != "10.0.%"])
+        assert "'vya_alice'@'localhost'" in applied
+        assert any("vya_role_app" in g and "`ai`" in g for g in engine.skipped_grants)
+        # Then the database, then the users again: identical to the source.
+        _restore_file(engine, TRICKY_DB, tricky_dump[0], tricky_dump[1]["properties"])
+        with path.open("rb") as source:
+            engine.restore_globals(source, "all", ["vya_alice@10.0.%"])
+        assert engine.skipped_grants == []
+        restored = account_snapshot(mariadb_server_alt, wanted)
         assert restored == {k: v for k, v in snapshot.items() if k != "vya_alice@10.0.%"}
         # The alt server's root password still works: built-ins were not touched.
         assert mariadb_server_alt.sql("SELECT 1") == "1"
     finally:
         _drop_accounts(mariadb_server_alt)
+        mariadb_server_alt.drop_db(TRICKY_DB)
 
 
 def test_mysql_users_file_applies_whole_with_the_plain_client(
     mariadb_server: MariadbServer, users_file: tuple[Path, dict[str, Any], list[str]]
 ) -> None:
-    # Standard tools alone: the file (root and mariadb.sys included) runs through `mariadb`
-    # on the server it came from, where all those accounts exist.
+    # Standard tools alone: `mariadb < FILE` recreates the accounts and leaves the built-in
+    # ones (written commented out) alone, so the target's root password is untouched.
     path, snapshot, _names = users_file
+    _drop_accounts(mariadb_server)
     mariadb_server.load_sql(path)
     assert account_snapshot(mariadb_server, ACCOUNTS) == snapshot
     assert mariadb_server.sql("SELECT 1") == "1"
+    assert "-- (built-in) ALTER USER `root`@`localhost`" in path.read_text()
 
 
 # -- Sakila --------------------------------------------------------------------------------

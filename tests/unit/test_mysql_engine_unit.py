@@ -12,6 +12,7 @@ from vya_backupdb.engines.base import ServerInfo
 from vya_backupdb.engines.mysql import (
     AccountBlock,
     BinlogScanner,
+    EventDefinition,
     IteratorReader,
     account_matches,
     binlog_dump_options,
@@ -25,6 +26,7 @@ from vya_backupdb.engines.mysql import (
     parse_binlog_coordinates,
     parse_users_file,
     render_account_block,
+    render_events_sql,
     render_users_header,
     select_blocks,
     version_number,
@@ -295,3 +297,38 @@ def test_iterator_reader_serves_requested_sizes() -> None:
     assert reader.read(4) == b"cdef"
     assert reader.read(10) == b"gh"
     assert reader.read(10) == b""
+
+
+def test_render_account_block_builtin_statements_are_commented_out_but_parse_back() -> None:
+    block = AccountBlock("root", "localhost", ("ALTER USER `root`@`localhost` IDENTIFIED BY 'x'",))
+    text = render_account_block(block)
+    statement_lines = [line for line in text.splitlines() if line and not line.startswith("-- ")]
+    assert statement_lines == []
+    assert list(parse_users_file(text.splitlines())) == [block]
+
+
+def test_make_dump_command_without_events_skips_them() -> None:
+    argv = list(make_dump_command("mariadb-dump", CNF, _instance(), "it's", events=False).argv)
+    assert "--skip-events" in argv
+    assert "--events" not in argv
+
+
+def test_render_events_sql_wraps_each_event_in_its_modes_and_charset() -> None:
+    event = EventDefinition(
+        name="ev `1`",
+        sql_mode="STRICT_TRANS_TABLES",
+        time_zone="+05:30",
+        create="CREATE DEFINER=`root`@`localhost` EVENT `ev ``1``` ON SCHEDULE EVERY 1 DAY"
+        " DO SELECT 'é'",
+        character_set_client="latin1",
+        collation_connection="latin1_swedish_ci",
+    )
+    sql = render_events_sql([event])
+    assert sql.startswith(b"\n--")
+    assert b"DELIMITER ;;" in sql
+    assert sql.endswith(b"DELIMITER ;\n")
+    assert b"SET character_set_client = latin1 */ ;;" in sql
+    assert b"SET time_zone = '+05:30' */ ;;" in sql
+    assert b"DROP EVENT IF EXISTS `ev ``1``` */ ;;" in sql
+    assert "SELECT 'é' ;;".encode("cp1252") in sql
+    assert render_events_sql([]) == b""

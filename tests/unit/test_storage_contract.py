@@ -6,6 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from harness.s3 import new_bucket, s3_client, s3_endpoint  # noqa: F401 - fixture
+from harness.sftp import sftp_server  # noqa: F401 - fixture
 
 from vya_backupdb.errors import NotFoundError, StorageError
 from vya_backupdb.storage.base import Storage
@@ -15,12 +17,35 @@ from vya_backupdb.storage.memory import MemoryStorage
 pytestmark = pytest.mark.unit
 
 
-@pytest.fixture(params=["local", "memory"])
+_REMOTE = [pytest.mark.integration]
+
+
+@pytest.fixture(
+    params=[
+        "local",
+        "memory",
+        pytest.param("s3", marks=_REMOTE),
+        pytest.param("sftp", marks=_REMOTE),
+    ]
+)
 def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
     if request.param == "local":
         yield LocalStorage(tmp_path / "store")
-    else:
+    elif request.param == "memory":
         yield MemoryStorage()
+    elif request.param == "s3":
+        from vya_backupdb.storage.remote import RetryingStorage
+        from vya_backupdb.storage.s3 import S3Storage
+
+        # One bucket per test: the contract cases assume an empty store.
+        endpoint = request.getfixturevalue("s3_endpoint")
+        bucket = new_bucket(endpoint, f"contract-{abs(hash(request.node.nodeid)) % 10**12}")
+        yield RetryingStorage(S3Storage(s3_client(endpoint), bucket, "vya/prefix"), retries=2)
+    else:
+        from vya_backupdb.storage.remote import RetryingStorage
+
+        server = request.getfixturevalue("sftp_server")
+        yield RetryingStorage(server.storage(tmp_path.name), retries=2)
 
 
 def _put(storage: Storage, name: str, data: bytes) -> None:

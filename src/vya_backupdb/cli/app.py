@@ -81,6 +81,7 @@ def _register() -> None:
     # Imported here so that each command module can import `app` helpers without cycles.
     from vya_backupdb.cli import (
         backup_cmd,
+        cleanup_cmd,
         config_cmd,
         connection_cmd,
         credentials_cmd,
@@ -88,6 +89,7 @@ def _register() -> None:
         list_cmd,
         restore_cmd,
         users_cmd,
+        verify_cmd,
     )
 
     for module in (
@@ -98,6 +100,8 @@ def _register() -> None:
         restore_cmd,
         list_cmd,
         users_cmd,
+        verify_cmd,
+        cleanup_cmd,
         demo_cmd,
     ):
         module.register(app)

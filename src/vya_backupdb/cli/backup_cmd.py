@@ -30,6 +30,13 @@ def backup(
         str | None,
         typer.Option(help="files instances: full | incremental | differential"),
     ] = None,
+    verify: Annotated[
+        bool | None,
+        typer.Option(
+            "--verify/--no-verify",
+            help="Verify each backup right after writing it (default: verification.auto_verify)",
+        ),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the run as JSON")] = False,
 ) -> None:
     """Back up databases (one file per database) and users of the given instances.
@@ -51,6 +58,7 @@ def backup(
         dry_run=dry_run,
         users=False if no_users else None,
         strategy=strategy,
+        verify=verify,
     )
     run = BackupJob(loaded).run(request)
     if json_out:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -105,5 +106,19 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
         except KeyboardInterrupt:
             sys.stderr.write("interrupted: partial output was removed\n")
             raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as exc:  # never a traceback: a bug gets a short message and exit 1
+            from vya_backupdb.secrets.redaction import redact
+
+            logging.getLogger("vya.cli").debug("internal error", exc_info=True)
+            render_error(
+                VyaError(
+                    f"internal error: {type(exc).__name__}: {redact(str(exc))}",
+                    hint="This is a bug. Run again with -v --log-file vya.log and report it "
+                    "with the log (secrets are masked in it).",
+                )
+            )
+            raise typer.Exit(1) from None
 
     return wrapper

@@ -13,6 +13,13 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from vya_backupdb.config.base import FrozenModel
+from vya_backupdb.config.ops import (
+    MetricsConfig,
+    NotificationConfig,
+    ScheduleConfig,
+    StatusConfig,
+)
+from vya_backupdb.config.remote import EncryptionConfig, RemoteConfig
 from vya_backupdb.config.retention import RetentionConfig
 from vya_backupdb.config.verification import CleanupConfig, VerificationConfig
 
@@ -67,6 +74,26 @@ class StorageConfig(FrozenModel):
         Path("/var/backups/vya_backupdb"), description="Root directory of the local backup store"
     )
     compression: CompressionConfig = Field(default_factory=CompressionConfig)
+    remotes: list[RemoteConfig] = Field(
+        default_factory=list,
+        description="Off-site stores (S3-compatible, SFTP); see docs/storage.md",
+    )
+    auto_upload: bool = Field(False, description="Every new backup also goes to all remotes")
+    keep_local: bool = Field(
+        True,
+        description="With auto_upload: false streams backups straight to the first remote only",
+    )
+    encryption: EncryptionConfig | None = Field(
+        None, description="age encryption of backups (docs/encryption.md)"
+    )
+
+    @field_validator("remotes")
+    @classmethod
+    def _unique_remote_names(cls, value: list[RemoteConfig]) -> list[RemoteConfig]:
+        names = [r.name for r in value]
+        if len(names) != len(set(names)):
+            raise ValueError("remote names must be unique")
+        return value
 
 
 class SecretsConfig(FrozenModel):
@@ -151,6 +178,9 @@ class InstanceConfig(FrozenModel):
     retention: RetentionConfig | None = Field(
         None, description="Retention for this instance (replaces the global one as a whole)"
     )
+    encryption: EncryptionConfig | None = Field(
+        None, description="Override storage.encryption for this instance (enabled: false = off)"
+    )
 
     @field_validator("password")
     @classmethod
@@ -214,6 +244,18 @@ class Settings(FrozenModel):
     cleanup: CleanupConfig = Field(
         default_factory=CleanupConfig, description="Applying the retention policy automatically"
     )
+    notifications: list[NotificationConfig] = Field(
+        default_factory=list, description="Where run results go (docs/notifications.md)"
+    )
+    schedules: list[ScheduleConfig] = Field(
+        default_factory=list, description="When to back up what (docs/scheduling.md)"
+    )
+    status: StatusConfig = Field(
+        default_factory=StatusConfig, description="Thresholds of 'vya-backupdb status'"
+    )
+    metrics: MetricsConfig = Field(
+        default_factory=MetricsConfig, description="Prometheus metrics (docs/metrics.md)"
+    )
     environments: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Overlays merged over this file by --env NAME (e.g. dev, staging, prod)",
@@ -227,6 +269,15 @@ class Settings(FrozenModel):
             if inst.id in seen:
                 raise ValueError(f"duplicate instance id {inst.id!r}")
             seen.add(inst.id)
+        return value
+
+    @field_validator("schedules")
+    @classmethod
+    def _unique_schedule_names(cls, value: list[ScheduleConfig]) -> list[ScheduleConfig]:
+        names = [s.effective_name for s in value]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"duplicate schedule name {name!r}: give each one a 'name'")
         return value
 
     def instance(self, instance_id: str) -> InstanceConfig:

@@ -48,7 +48,7 @@ class ScheduleConfig(FrozenModel):
         default_factory=lambda: [0, 1, 2, 3, 4, 5, 6],
         description="Days to run, 0=Monday … 6=Sunday (with 'time')",
     )
-    time: str | None = Field(None, description='Local time of day "HH:MM" in \'timezone\'')
+    time: str | None = Field(None, description="Local time of day \"HH:MM\" in 'timezone'")
     cron: str | None = Field(
         None, description="Cron expression (5 fields) instead of weekdays/time"
     )

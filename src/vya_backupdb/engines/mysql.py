@@ -692,7 +692,8 @@ class MysqlEngine:
     def _connect(self, database: str | None = None) -> pymysql.connections.Connection:
         kwargs: dict[str, Any] = {
             "user": self._user,
-            "password": self._password or "",
+            # PyMySQL would encode a str password as latin1; the tools send UTF-8.
+            "password": (self._password or "").encode("utf-8"),
             "database": database,
             "charset": "utf8mb4",
             "autocommit": True,
@@ -1125,8 +1126,10 @@ class MysqlEngine:
         ``"all"`` applies every account except the built-in ones (root, mariadb.sys, ...);
         a list applies the named accounts (``name`` = every host of ``name``), plus the roles
         they are granted. Accounts that exist are updated, never an error; grants are added
-        (existing extra grants stay). Raise NotFoundError when a named account is not in the
-        file, RestoreFailed when a statement fails.
+        (existing extra grants stay). A grant on a table, column or routine missing from this
+        server is skipped and listed in ``self.skipped_grants`` (restore the databases, then
+        the users again). Raise NotFoundError when a named account is not in the file,
+        RestoreFailed when a statement fails.
         """
         with tempfile.TemporaryFile() as spool:
             # Spooled to disk so the selection can be checked before anything is applied.

@@ -21,9 +21,15 @@ from vya_backupdb.catalog.records import BackupInfo, BackupRecord, FileInfo
 from vya_backupdb.config.models import SYSTEM_DATABASES, InstanceConfig
 from vya_backupdb.config.selection import select_databases
 from vya_backupdb.engines.base import DumpStream, Engine, ServerInfo
-from vya_backupdb.errors import NotFoundError, UsageError, VyaError
+from vya_backupdb.errors import BackupFailed, NotFoundError, UsageError, VyaError
 from vya_backupdb.jobs.store import StoredObject, write_backup_object
-from vya_backupdb.wiring import compression_for, make_catalog, make_engine, make_storage
+from vya_backupdb.wiring import (
+    compression_for,
+    encryption_for,
+    make_catalog,
+    make_engine,
+    make_storage,
+)
 
 if TYPE_CHECKING:
     from vya_backupdb.config.loader import LoadedConfig
@@ -41,6 +47,7 @@ class BackupRequest:
     dry_run: bool = False
     users: bool | None = None  # None: per instance config
     strategy: str | None = None  # files instances: override the configured strategy
+    verify: bool | None = None  # None: verification.auto_verify of the config
 
 
 @dataclass
@@ -72,6 +79,11 @@ class DatabaseResult:
             "error_type": type(self.error).__name__ if self.error else None,
             "stderr_tail": self.error.details if self.error else None,
             "warnings": self.warnings,
+            "verification": (
+                self.record.verification.outcome
+                if self.record is not None and self.record.verification is not None
+                else None
+            ),
         }
 
 
@@ -100,6 +112,19 @@ class RunResult:
             "status": "interrupted" if self.interrupted else "success" if self.ok else "failed",
             "results": [r.as_dict() for r in self.results],
         }
+
+
+def unexpected(exc: Exception) -> BackupFailed:
+    """Wrap a driver or OS error that escaped an engine into a BackupFailed (redacted)."""
+    from vya_backupdb.secrets.redaction import redact
+
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return BackupFailed(
+        f"{type(exc).__name__}: {redact(first)}",
+        hint="Check the login role's privileges on every table (pg: pg_read_all_data; "
+        "MySQL: SELECT, SHOW VIEW, TRIGGER, EVENT, LOCK TABLES), then run: "
+        "vya-backupdb connection test",
+    )
 
 
 def new_run_id(moment: datetime) -> str:
@@ -159,7 +184,9 @@ class BackupJob:
         run = RunResult(run_id=new_run_id(self.clock()), started_at=self.clock())
         try:
             for instance in resolve_instances(self.loaded, request.instances):
-                run.results.extend(self.backup_instance(instance, request))
+                results = self.backup_instance(instance, request)
+                self._verify_results(results, request)
+                run.results.extend(results)
         except KeyboardInterrupt:
             run.finished_at = self.clock()
             run.interrupted = True
@@ -169,7 +196,50 @@ class BackupJob:
         run.finished_at = self.clock()
         if not request.dry_run:
             run.run_log = self._write_run_log(run)
+            if self.settings.cleanup.after_backup:
+                self._cleanup(run)
         return run
+
+    def _verify_results(self, results: list[DatabaseResult], request: BackupRequest) -> None:
+        """Verify each new backup when asked (--verify or verification.auto_verify); a backup
+        that fails its verification becomes a failed result."""
+        wanted = (
+            self.settings.verification.auto_verify if request.verify is None else request.verify
+        )
+        if not wanted or request.dry_run:
+            return
+        from vya_backupdb.jobs.verify import VerifyJob
+
+        verifier = VerifyJob(self.loaded, self.storage, clock=self.clock)
+        for result in results:
+            if result.status != "success" or result.record is None:
+                continue
+            outcome = verifier.verify_record(result.record)
+            result.record = outcome.record or result.record
+            if outcome.outcome != "ok" and outcome.error is not None:
+                result.status = "failed"
+                result.error = outcome.error
+
+    def _cleanup(self, run: RunResult) -> None:
+        """Apply retention to the instances just backed up; never fail the backup run."""
+        from vya_backupdb.jobs.cleanup import CleanupJob
+
+        job = CleanupJob(self.loaded, self.storage, clock=self.clock)
+        for instance in sorted({r.instance for r in run.results if r.status == "success"}):
+            try:
+                done = job.apply(job.plan(instance))
+            except VyaError as exc:
+                log.warning("cleanup after backup of %s failed: %s", instance, exc.message)
+                continue
+            log.info(
+                "cleanup of %s: %d backup(s) deleted, %d bytes freed",
+                instance,
+                len(done.deleted),
+                done.freed_bytes,
+                extra={"instance": instance, "operation": "cleanup"},
+            )
+            for _entry, error in done.errors:
+                log.warning("cleanup of %s: %s", instance, error.message)
 
     def _write_run_log(self, run: RunResult) -> str | None:
         try:
@@ -190,7 +260,9 @@ class BackupJob:
             engine = make_engine(self.loaded, instance)
             server = engine.server_info()
             databases = select_instance_databases(engine, instance, request.databases)
-        except VyaError as exc:
+        except Exception as exc:
+            if not isinstance(exc, VyaError):
+                exc = unexpected(exc)
             log.error(
                 "instance %s: %s",
                 instance.id,
@@ -237,6 +309,8 @@ class BackupJob:
             stats = engine.table_stats(database)
             properties = engine.database_properties(database)
             codec, level, threads = compression_for(self.settings, instance)
+            encryption = encryption_for(self.settings, instance)
+            suffix = codec.suffix + (encryption.suffix if encryption else "")
             captured: dict[str, DumpStream] = {}
 
             def names_for(stream: DumpStream) -> layout.BackupNames:
@@ -248,7 +322,7 @@ class BackupJob:
                     started,
                     strategy,
                     stream.extension,
-                    codec.suffix,
+                    suffix,
                 )
 
             names, stored = write_backup_object(
@@ -259,9 +333,12 @@ class BackupJob:
                 level,
                 threads,
                 progress=self._progress(instance.id, database, estimate),
+                encryption=encryption,
             )
         except VyaError as exc:
             return self._failed(instance, database, started, t0, exc, context)
+        except Exception as exc:  # a driver error (e.g. permission denied) must not stop others
+            return self._failed(instance, database, started, t0, unexpected(exc), context)
         except KeyboardInterrupt:
             log.error("backup of %s/%s interrupted", instance.id, database, extra=context)
             raise
@@ -363,19 +440,29 @@ class BackupJob:
         try:
             users = engine.list_users()
             codec, level, threads = compression_for(self.settings, instance)
+            encryption = encryption_for(self.settings, instance)
+            suffix = codec.suffix + (encryption.suffix if encryption else "")
             captured: dict[str, DumpStream] = {}
 
             def names_for(stream: DumpStream) -> layout.BackupNames:
                 captured["stream"] = stream
                 return layout.users_backup_names(
-                    self.settings.hostname, instance.id, started, codec.suffix
+                    self.settings.hostname, instance.id, started, suffix
                 )
 
             names, stored = write_backup_object(
-                self.storage, names_for, engine.dump_globals, codec, level, threads
+                self.storage,
+                names_for,
+                engine.dump_globals,
+                codec,
+                level,
+                threads,
+                encryption=encryption,
             )
         except VyaError as exc:
             return self._failed(instance, layout.USERS_DB, started, t0, exc, context)
+        except Exception as exc:
+            return self._failed(instance, layout.USERS_DB, started, t0, unexpected(exc), context)
         record = self._record(
             kind="users",
             instance=instance,
@@ -443,9 +530,14 @@ class BackupJob:
                 extension=dump.extension,
                 compression=codec_name,
                 compression_level=level if codec_name != "none" else None,
+                encryption="age" if stored.encryption else None,
             ),
             stats=stats,
-            extra={**extra, "server_version_num": server.version_num},
+            extra={
+                **extra,
+                "server_version_num": server.version_num,
+                **({"encryption": stored.encryption} if stored.encryption else {}),
+            },
         )
 
     def _progress(

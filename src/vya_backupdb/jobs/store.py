@@ -9,20 +9,57 @@ writer's block, so a failed source can never be committed.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from vya_backupdb.catalog import layout
 from vya_backupdb.catalog.catalog import read_text, write_text
 from vya_backupdb.catalog.records import BackupRecord
-from vya_backupdb.errors import IntegrityError
+from vya_backupdb.errors import CredentialError, IntegrityError
 from vya_backupdb.pipeline.codecs import Codec, Readable, get_codec
 from vya_backupdb.pipeline.stream import CountingReader, HashingReader, HashingWriter, pump
 from vya_backupdb.storage.base import Storage
 
+if TYPE_CHECKING:
+    from vya_backupdb.pipeline.encryption import EncryptionPlan, Identity
+
 S = TypeVar("S", bound=Readable)
+
+#: Returns the decryption identities configured for an instance id (set by wiring).
+IdentityProvider = Callable[[str], "Sequence[Identity]"]
+_identity_provider: IdentityProvider | None = None
+
+
+def set_identity_provider(provider: IdentityProvider | None) -> None:
+    """Register where encrypted backups find their keys when a caller passes none.
+
+    ``wiring.make_storage`` registers the loaded settings' keys, so restore, verify and users
+    restore decrypt without each threading identities through (they may still pass them).
+    """
+    global _identity_provider
+    _identity_provider = provider
+
+
+def _identities(record: BackupRecord, given: Sequence[Identity] | None) -> Sequence[Identity]:
+    if given is not None:
+        return given
+    if _identity_provider is None:
+        raise CredentialError(
+            f"{record.file_info.name} is encrypted and no key is configured",
+            hint="Set storage.encryption.identity_file (or identity_env) to the age key.",
+        )
+    return _identity_provider(record.backup_info.instance)
+
+
+def _recipients_hint(record: BackupRecord) -> str:
+    info = record.extra.get("encryption") or {}
+    recipients = ", ".join(info.get("recipients") or []) or "a passphrase"
+    return (
+        f"This backup was encrypted to: {recipients}. Configure the matching identity in "
+        "storage.encryption.identity_file / identity_env (or instances[].encryption)."
+    )
 
 
 @dataclass(frozen=True)
@@ -31,6 +68,8 @@ class StoredObject:
     raw_bytes: int
     stored_bytes: int
     sha256: str
+    #: What the record keeps about the encryption (public recipients), None when not encrypted.
+    encryption: dict[str, Any] | None = None
 
 
 def write_backup_object(
@@ -42,6 +81,7 @@ def write_backup_object(
     threads: int,
     *,
     progress: Callable[[int], None] | None = None,
+    encryption: EncryptionPlan | None = None,
 ) -> tuple[layout.BackupNames, StoredObject]:
     """Stream a source into storage; return its names and what was stored.
 
@@ -57,9 +97,13 @@ def write_backup_object(
         names = names_for(source)
         with storage.put(names.data) as sink:
             hasher = HashingWriter(sink)
-            compressor = codec.writer(hasher, level, threads)
+            # Encrypt after compressing (ciphertext does not compress); hash what is stored.
+            encryptor = encryption.writer(hasher) if encryption is not None else None
+            compressor = codec.writer(encryptor or hasher, level, threads)
             raw = pump(CountingReader(source, progress), compressor)
             compressor.close()
+            if encryptor is not None:
+                encryptor.close()
             source_open = False
             source_cm.__exit__(None, None, None)
     except BaseException as exc:
@@ -71,7 +115,8 @@ def write_backup_object(
     except BaseException:
         storage.delete(names.data)
         raise
-    return names, StoredObject(names.data, raw, hasher.bytes, hasher.sha256)
+    meta = encryption.metadata() if encryption is not None else None
+    return names, StoredObject(names.data, raw, hasher.bytes, hasher.sha256, meta)
 
 
 def remove_backup(storage: Storage, record_id: str, data_name: str) -> None:
@@ -82,10 +127,19 @@ def remove_backup(storage: Storage, record_id: str, data_name: str) -> None:
     storage.delete(record_id + ".manifest.jsonl.zst")
 
 
-def check_checksum(storage: Storage, record: BackupRecord) -> str:
+def check_checksum(
+    storage: Storage,
+    record: BackupRecord,
+    *,
+    identities: Sequence[Identity] | None = None,
+    check_key: bool = True,
+) -> str:
     """Re-hash the stored object and compare with the record and the sidecar.
 
-    Return the sha256; raise IntegrityError naming the kind of damage.
+    For an encrypted backup (and ``check_key``), also open its header with the configured
+    keys, so a missing or wrong key stops a restore before its target is touched.
+    Return the sha256; raise IntegrityError naming the kind of damage, CredentialError when
+    the backup is encrypted and no configured key opens it.
     """
     name = record.file_info.name
     if not storage.exists(name):
@@ -125,7 +179,26 @@ def check_checksum(storage: Storage, record: BackupRecord) -> str:
         raise IntegrityError(
             f"checksum sidecar {sidecar_name} disagrees with the object and its record",
         )
+    if check_key and record.file_info.encryption:
+        with storage.get(name) as reader:
+            _decrypting(reader, record, identities)
     return digest
+
+
+def _decrypting(
+    source: Readable, record: BackupRecord, identities: Sequence[Identity] | None
+) -> Readable:
+    from vya_backupdb.pipeline.encryption import NAME, decrypting_reader
+
+    if record.file_info.encryption != NAME:
+        raise IntegrityError(
+            f"{record.file_info.name} uses unknown encryption {record.file_info.encryption!r}",
+            hint="It was written by a newer version of vya-backupdb; upgrade to restore it.",
+        )
+    try:
+        return decrypting_reader(source, _identities(record, identities), record.file_info.name)
+    except CredentialError as exc:
+        raise CredentialError(exc.message, hint=_recipients_hint(record)) from None
 
 
 @contextlib.contextmanager
@@ -133,13 +206,21 @@ def open_backup_stream(
     storage: Storage,
     record: BackupRecord,
     progress: Callable[[int], None] | None = None,
+    *,
+    identities: Sequence[Identity] | None = None,
 ) -> Iterator[Readable]:
-    """Yield the decompressed content of a backup; raise IntegrityError at exit when the
-    bytes read do not match the recorded checksum (a second line of defence)."""
+    """Yield the decrypted, decompressed content of a backup; raise IntegrityError at exit
+    when the bytes read do not match the recorded checksum (a second line of defence).
+
+    Encrypted backups use ``identities`` or else the keys configured for the record's
+    instance; raise CredentialError (before yielding) when none opens it.
+    """
     codec = get_codec(record.file_info.compression)
     with storage.get(record.file_info.name) as raw:
         hashing = HashingReader(raw)
-        counted = CountingReader(hashing, progress)
+        counted: Readable = CountingReader(hashing, progress)
+        if record.file_info.encryption:
+            counted = _decrypting(counted, record, identities)
         reader = codec.reader(counted)
         try:
             yield _TranslatingReader(reader, record.file_info.name)

@@ -356,7 +356,9 @@ def parse_identities(text: str, origin: str) -> list[X25519Identity]:
         try:
             identities.append(parse_identity(line))
         except CredentialError as exc:
-            raise CredentialError(f"{origin}, line {number}: {exc.message}", hint=exc.hint) from None
+            raise CredentialError(
+                f"{origin}, line {number}: {exc.message}", hint=exc.hint
+            ) from None
     if not identities:
         raise CredentialError(
             f"{origin} holds no age identity (AGE-SECRET-KEY-1… line)",
@@ -523,6 +525,13 @@ def _read_header(src: _Source) -> tuple[list[_Stanza], bytes, bytes]:
 
     def line() -> str:
         data = src.readline(_MAX_HEADER)
+        if not raw and not data.startswith(VERSION_LINE):
+            if data.startswith(b"-----BEGIN AGE ENCRYPTED FILE"):
+                raise UsageError(
+                    "ASCII-armored age files are not supported",
+                    hint="Decrypt it with: age -d -i KEY FILE",
+                )
+            raise _damaged("it does not start with the age v1 header (not an age file?)")
         raw.extend(data)
         if len(raw) > _MAX_HEADER:
             raise _damaged("the header is larger than 1 MiB")
@@ -533,14 +542,8 @@ def _read_header(src: _Source) -> tuple[list[_Stanza], bytes, bytes]:
         except UnicodeDecodeError:
             raise _damaged("the header contains non-ASCII bytes") from None
 
-    first = line()
-    if first != VERSION_LINE.decode():
-        if first.startswith("-----BEGIN AGE ENCRYPTED FILE"):
-            raise UsageError(
-                "ASCII-armored age files are not supported",
-                hint="Decrypt it with: age -d -i KEY FILE",
-            )
-        raise _damaged("it does not start with the age v1 header (not an age file?)")
+    if line() != VERSION_LINE.decode():
+        raise _damaged("the first line is not exactly the age v1 version line")
     stanzas: list[_Stanza] = []
     while True:
         text = line()
@@ -589,7 +592,9 @@ class AgeReader:
 
     def _unwrap(self, stanzas: list[_Stanza], identities: Sequence[Identity]) -> bytes:
         if not identities:
-            raise CredentialError(f"{self._name} is encrypted and no identity was given", hint=_KEY_HINT)
+            raise CredentialError(
+                f"{self._name} is encrypted and no identity was given", hint=_KEY_HINT
+            )
         if any(s.type == "scrypt" for s in stanzas) and len(stanzas) != 1:
             raise _damaged("a scrypt stanza is not alone in the header")
         for stanza in stanzas:
@@ -675,3 +680,24 @@ def decrypting_reader(
     header is damaged. Reads raise IntegrityError on a tampered or truncated chunk.
     """
     return AgeReader(source, identities, name)
+
+
+@dataclass(frozen=True)
+class EncryptionPlan:
+    """How new backups are encrypted: the recipients, the suffix and what the record says."""
+
+    recipients: tuple[Recipient, ...]
+    name: str = NAME
+    suffix: str = SUFFIX
+
+    def writer(self, sink: Writable) -> AgeWriter:
+        """Return an encrypting writer into ``sink``."""
+        return encrypting_writer(sink, self.recipients)
+
+    def metadata(self) -> dict[str, object]:
+        """Return what the backup record keeps: public keys only, never a secret."""
+        return {
+            "format": VERSION_LINE.decode(),
+            "recipients": [str(r) for r in self.recipients if isinstance(r, X25519Recipient)],
+            "passphrase": any(isinstance(r, PassphraseRecipient) for r in self.recipients),
+        }

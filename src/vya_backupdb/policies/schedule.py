@@ -29,8 +29,9 @@ if TYPE_CHECKING:
 #: (8 years covers a 29 February every leap year).
 SEARCH_DAYS = 366 * 8 + 2
 
-#: A timer may fire a little early (clock adjustments, AccuracySec): still the same due time.
-EARLY_SLACK = timedelta(minutes=2)
+#: A timer that fires a hair early (clock rounding) still belongs to the coming due time.
+#: Timers and cron never fire earlier than that; the daemon wakes exactly at the due time.
+EARLY_SLACK = timedelta(seconds=1)
 
 
 @dataclass(frozen=True)

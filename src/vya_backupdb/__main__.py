@@ -1,0 +1,5 @@
+"""`python -m vya_backupdb` runs the CLI."""
+
+from vya_backupdb.cli.app import main
+
+main()
