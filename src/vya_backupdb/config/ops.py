@@ -126,7 +126,7 @@ class _NotificationBase(FrozenModel):
 
     name: str | None = Field(None, description="Channel name for logs and 'notify test'")
     on: list[NotifyEvent] = Field(
-        default_factory=lambda: ["failure", "warning"],
+        default_factory=lambda: list[NotifyEvent](["failure", "warning"]),
         description="Events that trigger this channel: failure, warning, success",
     )
     timeout_seconds: float = Field(20.0, gt=0, le=300, description="Network timeout")

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from vya_backupdb.config.models import InstanceConfig
     from vya_backupdb.config.ops import ScheduleConfig
     from vya_backupdb.engines.base import Engine, ServerInfo
-    from vya_backupdb.observability.notify import Delivery
+    from vya_backupdb.observability.notify import Delivery, Notifier
 
 log = logging.getLogger("vya_backupdb.jobs.scheduled")
 
@@ -340,7 +340,7 @@ class ScheduledRunner:
                 raise
             return run
 
-    def _notifier(self):  # type: ignore[no-untyped-def]
+    def _notifier(self) -> Notifier:
         from vya_backupdb.observability.notify import Notifier
 
         return Notifier(self.settings, log_file=self.log_file, config_dir=self.loaded.directory)

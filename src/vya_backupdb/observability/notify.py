@@ -209,8 +209,11 @@ class Delivery:
 
 
 class Channel(Protocol):
-    label: str
-    config: NotificationConfig
+    @property
+    def label(self) -> str: ...
+
+    @property
+    def on(self) -> Sequence[str]: ...
 
     def deliver(self, payload: Mapping[str, Any]) -> None: ...
 
@@ -271,6 +274,7 @@ class EmailChannel:
         self.label = label
         self.config = config
         self.env = env
+        self.on: Sequence[str] = config.on
 
     def message(self, payload: Mapping[str, Any]) -> EmailMessage:
         """Return the email (plain + HTML, log attached on failure) for ``payload``."""
@@ -319,6 +323,7 @@ class SlackChannel:
         self.label = label
         self.config = config
         self.env = env
+        self.on: Sequence[str] = config.on
 
     @staticmethod
     def body(payload: Mapping[str, Any]) -> dict[str, Any]:
@@ -356,6 +361,7 @@ class WebhookChannel:
         self.label = label
         self.config = config
         self.env = env
+        self.on: Sequence[str] = config.on
 
     def deliver(self, payload: Mapping[str, Any]) -> None:
         cfg = self.config
@@ -371,6 +377,7 @@ class AppriseChannel:
         self.label = label
         self.config = config
         self.env = env
+        self.on: Sequence[str] = config.on
 
     def deliver(self, payload: Mapping[str, Any]) -> None:
         cfg = self.config
@@ -436,7 +443,7 @@ class Notifier:
         payload = build_payload(run, self.settings.hostname, event, notes)
         outcomes = []
         for channel in self.channels:
-            if event not in channel.config.on:
+            if event not in channel.on:
                 outcomes.append(Delivery(channel.label, event, ok=True, skipped=True))
                 continue
             outcomes.append(self._deliver(channel, payload, event))
@@ -465,7 +472,7 @@ class Notifier:
     def _deliver(channel: Channel, payload: Mapping[str, Any], event: str) -> Delivery:
         try:
             channel.deliver(payload)
-        except Exception as exc:  # noqa: BLE001 - a notifier must never fail the run
+        except Exception as exc:
             message = (
                 redact(exc.message if isinstance(exc, VyaError) else f"{exc}") or type(exc).__name__
             )
