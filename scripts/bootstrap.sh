@@ -8,16 +8,18 @@ cd "$(dirname "$0")/.."
 # Debian packages: the database servers (for the integration tests and the demo), their
 # client/dump tools, compressors and sqlite3.
 DEB_PACKAGES=(postgresql postgresql-client mariadb-server mariadb-client sqlite3 zstd gzip
-              bzip2 xz-utils lz4 python3-venv prometheus-pushgateway)
+              bzip2 xz-utils lz4 python3-venv age openssh-server openssh-client prometheus-pushgateway)
 # command -> package that provides it
 declare -A NEED=(
   [pg_dump]=postgresql-client [psql]=postgresql-client [initdb]=postgresql
   [mariadbd]=mariadb-server [mariadb-install-db]=mariadb-server [mariadb-dump]=mariadb-client
   [mariadb]=mariadb-client [sqlite3]=sqlite3 [zstd]=zstd [lz4]=lz4 [xz]=xz-utils [bzip2]=bzip2
+  [age]=age [age-keygen]=age [sshd]=openssh-server [ssh-keygen]=openssh-client
   [prometheus-pushgateway]=prometheus-pushgateway
 )
 have() {
   command -v "$1" >/dev/null 2>&1 && return 0
+  [ -x "/usr/sbin/$1" ] && return 0  # sshd: not on a normal user's PATH
   compgen -G "/usr/lib/postgresql/*/bin/$1" >/dev/null 2>&1
 }
 missing=()

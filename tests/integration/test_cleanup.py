@@ -33,7 +33,8 @@ def _vya(config: Path, *args: str) -> tuple[int, str]:
     result = runner.invoke(app, ["--config", str(config), *args])
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
-    return result.exit_code, result.output
+    # JSON goes to stdout alone; log lines and rendered errors go to stderr.
+    return result.exit_code, result.stdout if "--json" in args else result.output
 
 
 def _config(tmp_path: Path, **extra: Any) -> Path:
@@ -197,3 +198,16 @@ def test_cleanup_without_policy_keeps_everything(tmp_path: Path) -> None:
 def test_cleanup_unknown_instance_exits_2(tmp_path: Path) -> None:
     code, out = _vya(_config(tmp_path), "cleanup", "nope")
     assert code == 2 and "unknown instance 'nope'" in out
+
+
+def test_cleanup_while_instance_is_locked_exits_10_and_deletes_nothing(
+    spread: tuple[Path, datetime],
+) -> None:
+    from vya_backupdb.jobs.locks import InstanceLock
+
+    config, _now = spread
+    with InstanceLock(config.parent / "backups", "lite", command="backup"):
+        code, out = _vya(config, "cleanup")
+    assert code == 10, out
+    assert "is locked by" in out
+    assert len(_files(config, "*.metadata.json")) == len(AGES)

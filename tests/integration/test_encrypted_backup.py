@@ -49,7 +49,8 @@ def _config(tmp_path: Path, encryption: dict[str, Any]) -> Path:
 
 def _vya(config: Path, *args: str) -> tuple[int, str]:
     result = runner.invoke(app, ["--config", str(config), *args])
-    return result.exit_code, result.output
+    # stdout only when it succeeded: log lines go to stderr and would break the JSON.
+    return result.exit_code, result.stdout if result.exit_code == 0 else result.output
 
 
 @pytest.fixture

@@ -40,7 +40,8 @@ def _vya(config: Path, *args: str) -> tuple[int, str]:
     result = runner.invoke(app, ["--config", str(config), *args])
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
-    return result.exit_code, result.output
+    # JSON goes to stdout alone; log lines and rendered errors go to stderr.
+    return result.exit_code, result.stdout if "--json" in args else result.output
 
 
 def _write_config(tmp_path: Path, instances: list[dict[str, Any]], **extra: Any) -> Path:
@@ -567,3 +568,18 @@ def test_verify_job_save_false_leaves_record_untouched(lite: Path) -> None:
     result = job.verify_record(_record_of(job), "checksum", save=False)
     assert result.outcome == "ok" and not result.recorded
     assert _record_of(job).verification is None
+
+
+def test_verify_latest_checks_only_the_newest_backup_of_each_database(lite: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from vya_backupdb.jobs.backup import BackupJob, BackupRequest
+
+    earlier = datetime.now(UTC) - timedelta(days=1)
+    BackupJob(load_settings(lite, None), clock=lambda: earlier).run(BackupRequest())
+    code, out = _vya(lite, "verify", "lite", "--json")
+    assert code == 0 and json.loads(out)["checked"] == 2
+    code, out = _vya(lite, "verify", "lite", "--latest", "--json")
+    assert code == 0, out
+    [result] = json.loads(out)["results"]
+    assert result["started_at"] > earlier.isoformat()

@@ -72,6 +72,17 @@ def test_age_round_trip_sizes_on_chunk_boundaries_returns_same_bytes(size: int) 
     assert _decrypt(blob) == data
 
 
+@pytest.mark.parametrize("write_size", [1, 4099, CHUNK_SIZE - 1, CHUNK_SIZE, CHUNK_SIZE + 1])
+@pytest.mark.parametrize("size", [2 * CHUNK_SIZE, 2 * CHUNK_SIZE + 5])
+def test_age_writer_any_write_size_gives_same_length_and_round_trips(
+    write_size: int, size: int
+) -> None:
+    data = os.urandom(size)
+    blob = _encrypt(data, write_size=write_size)
+    assert len(blob) == len(_encrypt(data, write_size=10**6))
+    assert _decrypt(blob) == data
+
+
 def test_age_writer_small_writes_match_big_writes_in_size() -> None:
     data = os.urandom(CHUNK_SIZE * 2 + 5)
     assert len(_encrypt(data, write_size=7)) == len(_encrypt(data, write_size=10**6))

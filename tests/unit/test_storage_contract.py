@@ -6,9 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from harness.s3 import new_bucket, s3_client, s3_endpoint  # noqa: F401 - fixture
 from harness.sftp import sftp_server  # noqa: F401 - fixture
-
 from vya_backupdb.errors import NotFoundError, StorageError
 from vya_backupdb.storage.base import Storage
 from vya_backupdb.storage.local import LocalStorage

@@ -86,7 +86,10 @@ def _register() -> None:
         connection_cmd,
         credentials_cmd,
         demo_cmd,
+        keys_cmd,
         list_cmd,
+        ops_cmd,
+        remote_cmd,
         restore_cmd,
         users_cmd,
         verify_cmd,
@@ -102,6 +105,9 @@ def _register() -> None:
         users_cmd,
         verify_cmd,
         cleanup_cmd,
+        ops_cmd,
+        remote_cmd,
+        keys_cmd,
         demo_cmd,
     ):
         module.register(app)

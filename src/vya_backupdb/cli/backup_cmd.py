@@ -37,6 +37,10 @@ def backup(
             help="Verify each backup right after writing it (default: verification.auto_verify)",
         ),
     ] = None,
+    jobs: Annotated[
+        int | None,
+        typer.Option("--jobs", "-j", min=1, max=64, help="Databases backed up at once"),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the run as JSON")] = False,
 ) -> None:
     """Back up databases (one file per database) and users of the given instances.
@@ -59,6 +63,7 @@ def backup(
         users=False if no_users else None,
         strategy=strategy,
         verify=verify,
+        jobs=jobs,
     )
     run = BackupJob(loaded).run(request)
     if json_out:

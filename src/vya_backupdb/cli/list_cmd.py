@@ -44,16 +44,19 @@ def list_backups(
     instance: Annotated[str | None, typer.Argument(help="Only this instance")] = None,
     database: Annotated[str | None, typer.Option("--database", "-d", help="Only this db")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Stable JSON output")] = False,
+    remote: Annotated[
+        str | None, typer.Option("--remote", help="List the backups on this remote")
+    ] = None,
 ) -> None:
     """List backups: date, size, compression, duration, status, checksum state."""
     from vya_backupdb.catalog import layout
-    from vya_backupdb.wiring import make_catalog
+    from vya_backupdb.wiring import make_catalog, make_storage
 
     app = get_app(ctx)
     settings = app.settings
     if instance:
         settings.instance(instance)
-    catalog = make_catalog(settings)
+    catalog = make_catalog(settings, make_storage(settings, remote))
     damaged: list[str] = []
     records = catalog.records(instance, database, include_damaged=damaged)
     entries = []
@@ -67,7 +70,7 @@ def list_backups(
             plain_json({"version": LIST_JSON_VERSION, "backups": entries, "damaged": damaged})
         )
         return
-    table = Table(title=f"Backups in {settings.storage.base_path}")
+    table = Table(title=f"Backups in {catalog.storage.description}")
     for column in (
         "instance",
         "database",

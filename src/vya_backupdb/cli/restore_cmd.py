@@ -49,6 +49,9 @@ def restore(
     list_: Annotated[bool, typer.Option("--list", help="List restore points")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON")] = False,
+    remote: Annotated[
+        str | None, typer.Option("--remote", help="Restore from this remote (storage.remotes)")
+    ] = None,
 ) -> None:
     """Restore a backup: verified first, then safe (swap on success), fast or test mode."""
     from vya_backupdb.jobs.restore import RestoreJob, RestoreRequest, list_restore_points, parse_at
@@ -92,7 +95,9 @@ def restore(
         mode=mode,  # type: ignore[arg-type]
         jobs=jobs,
     )
-    job = RestoreJob(loaded)
+    from vya_backupdb.wiring import make_storage
+
+    job = RestoreJob(loaded, storage=make_storage(loaded.settings, remote) if remote else None)
     record = job.find_record(request)
     if record.kind == "files":
         from vya_backupdb.jobs.files import FilesRestoreRequest, restore_files

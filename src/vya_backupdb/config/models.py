@@ -225,6 +225,12 @@ class InstanceConfig(FrozenModel):
         return self.type in ("postgresql", "mysql", "mariadb")
 
 
+class ParallelConfig(FrozenModel):
+    max_workers: int = Field(
+        1, ge=1, le=64, description="Databases backed up at once (the --jobs flag overrides it)"
+    )
+
+
 class Settings(FrozenModel):
     """The whole configuration file."""
 
@@ -238,6 +244,7 @@ class Settings(FrozenModel):
     retention: RetentionConfig = Field(
         default_factory=RetentionConfig, description="Default retention policy (see docs)"
     )
+    parallel: ParallelConfig = Field(default_factory=ParallelConfig)
     verification: VerificationConfig = Field(
         default_factory=VerificationConfig, description="Checking backups (docs/verification.md)"
     )

@@ -699,6 +699,9 @@ class MysqlEngine:
             "autocommit": True,
             "connect_timeout": 10,
         }
+        if self._instance.timeout_seconds:
+            # Bounds each query (e.g. COUNT(*) behind a metadata lock) by the per-database limit.
+            kwargs["read_timeout"] = self._instance.timeout_seconds
         if self._instance.socket is not None:
             kwargs["unix_socket"] = str(self._instance.socket)
         else:

@@ -483,6 +483,10 @@ class PostgresEngine:
         }  # fmt: skip
         if self._password is not None:
             params["password"] = self._password
+        if self.instance.timeout_seconds:
+            # A query stuck behind a lock (e.g. counting rows of a locked table) must not
+            # outlive the per-database timeout either.
+            params["options"] = f"-c statement_timeout={int(self.instance.timeout_seconds)}s"
         try:
             conn = psycopg.connect(**params)
         except psycopg.OperationalError as exc:

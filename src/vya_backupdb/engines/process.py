@@ -171,6 +171,27 @@ class ToolReader:
         self._stderr = _StderrCollector(self._proc.stderr, command.secrets)
         self._stderr.start()
         self._eof = False
+        self._timer: threading.Timer | None = None
+        self._timeout: float | None = None
+        self._timed_out = False
+
+    def set_timeout(self, seconds: float) -> None:
+        """Kill the tool when it has not finished ``seconds`` from now (a per-database limit);
+        leaving the block then raises ``error_cls`` saying it timed out."""
+        self._timeout = seconds
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _expire(self) -> None:
+        self._timed_out = True
+        if self._proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
 
     def read(self, size: int = -1, /) -> bytes:
         data: bytes = self._stdout.read(size if size and size > 0 else COPY_CHUNK)
@@ -190,13 +211,23 @@ class ToolReader:
             while self.read(COPY_CHUNK):
                 pass
         returncode = self._proc.wait()
+        self._cancel_timer()
         self._stderr.join(timeout=10)
         self._stdout.close()
+        if self._timed_out:
+            tool = Path(self.command.argv[0]).name
+            raise self._error_cls(
+                f"{tool} timed out after {self._timeout:.0f}s and was stopped",
+                hint="Raise timeout_seconds for this instance, or look for locks blocking the "
+                "dump (pg_stat_activity / SHOW PROCESSLIST).",
+                details=self._stderr.tail() or None,
+            )
         if returncode != 0:
             raise _failure(self._error_cls, self.command, returncode, self._stderr.tail())
 
     def abort(self) -> None:
         """Kill the child (and its process group) and reap it."""
+        self._cancel_timer()
         if self._proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self._proc.pid, signal.SIGKILL)

@@ -7,10 +7,12 @@ One failure never stops the others; each outcome is a :class:`DatabaseResult`, a
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -47,6 +49,7 @@ class BackupRequest:
     dry_run: bool = False
     users: bool | None = None  # None: per instance config
     strategy: str | None = None  # files instances: override the configured strategy
+    jobs: int | None = None  # parallel workers; None: parallel.max_workers of the config
     verify: bool | None = None  # None: verification.auto_verify of the config
 
 
@@ -183,10 +186,15 @@ class BackupJob:
     def run(self, request: BackupRequest) -> RunResult:
         run = RunResult(run_id=new_run_id(self.clock()), started_at=self.clock())
         try:
-            for instance in resolve_instances(self.loaded, request.instances):
-                results = self.backup_instance(instance, request)
-                self._verify_results(results, request)
-                run.results.extend(results)
+            instances = resolve_instances(self.loaded, request.instances)
+            workers = request.jobs or self.settings.parallel.max_workers
+            results = self._run_tasks(instances, request, max(1, workers))
+            self._verify_results(results, request)
+            run.results.extend(results)
+            if not request.dry_run:
+                from vya_backupdb.jobs.remote import auto_upload
+
+                auto_upload(self.loaded, self.storage, run)
         except KeyboardInterrupt:
             run.finished_at = self.clock()
             run.interrupted = True
@@ -199,6 +207,33 @@ class BackupJob:
             if self.settings.cleanup.after_backup:
                 self._cleanup(run)
         return run
+
+    def _run_tasks(
+        self, instances: list[InstanceConfig], request: BackupRequest, workers: int
+    ) -> list[DatabaseResult]:
+        """Plan every instance, then run its databases (and users) on ``workers`` threads.
+
+        Results keep the planned order whatever order the work finishes in; one failure
+        never stops the others.
+        """
+        slots: list[DatabaseResult | Callable[[], DatabaseResult]] = []
+        for instance in instances:
+            slots.extend(self.plan_instance(instance, request))
+        tasks = [(i, t) for i, t in enumerate(slots) if callable(t)]
+        done: dict[int, DatabaseResult] = {}
+        if workers == 1 or len(tasks) <= 1:
+            for index, task in tasks:
+                done[index] = task()
+        else:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vya-backup") as pool:
+                futures = {pool.submit(task): index for index, task in tasks}
+                try:
+                    for future in as_completed(futures):
+                        done[futures[future]] = future.result()
+                except BaseException:
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
+        return [done[i] if callable(slot) else slot for i, slot in enumerate(slots)]
 
     def _verify_results(self, results: list[DatabaseResult], request: BackupRequest) -> None:
         """Verify each new backup when asked (--verify or verification.auto_verify); a backup
@@ -249,13 +284,15 @@ class BackupJob:
             return None
 
     # -- one instance ----------------------------------------------------------------------
-    def backup_instance(
+    def plan_instance(
         self, instance: InstanceConfig, request: BackupRequest
-    ) -> list[DatabaseResult]:
+    ) -> list[DatabaseResult | Callable[[], DatabaseResult]]:
+        """Return, per database of the instance, a finished result (planned / failed) or the
+        work that produces it."""
         if instance.type == "files":
             from vya_backupdb.jobs.files import backup_files_instance
 
-            return [backup_files_instance(self, instance, request)]
+            return [lambda: backup_files_instance(self, instance, request)]
         try:
             engine = make_engine(self.loaded, instance)
             server = engine.server_info()
@@ -270,20 +307,31 @@ class BackupJob:
                 extra={"instance": instance.id, "operation": "backup", "status": "failed"},
             )
             return [DatabaseResult(instance.id, "*", "failed", error=exc)]
+        users = self._users_wanted(instance, request) and instance.is_server
         if request.dry_run:
-            results = [
+            planned: list[DatabaseResult | Callable[[], DatabaseResult]] = [
                 DatabaseResult(instance.id, db, "planned", estimated_bytes=size)
                 for db, size in databases
             ]
-            if self._users_wanted(instance, request) and instance.is_server:
-                results.append(DatabaseResult(instance.id, "(users)", "planned", kind="users"))
-            return results
-        results = [
-            self.backup_database(engine, server, instance, db, size) for db, size in databases
+            if users:
+                planned.append(DatabaseResult(instance.id, "(users)", "planned", kind="users"))
+            return planned
+        work: list[DatabaseResult | Callable[[], DatabaseResult]] = [
+            functools.partial(self.backup_database, engine, server, instance, db, size)
+            for db, size in databases
         ]
-        if self._users_wanted(instance, request) and instance.is_server:
-            results.append(self.backup_users(engine, server, instance))
-        return results
+        if users:
+            work.append(functools.partial(self.backup_users, engine, server, instance))
+        return work
+
+    def backup_instance(
+        self, instance: InstanceConfig, request: BackupRequest
+    ) -> list[DatabaseResult]:
+        """Back up one instance, one database after another."""
+        return [
+            s if isinstance(s, DatabaseResult) else s()
+            for s in self.plan_instance(instance, request)
+        ]
 
     @staticmethod
     def _users_wanted(instance: InstanceConfig, request: BackupRequest) -> bool:
@@ -315,6 +363,9 @@ class BackupJob:
 
             def names_for(stream: DumpStream) -> layout.BackupNames:
                 captured["stream"] = stream
+                set_timeout = getattr(stream.reader, "set_timeout", None)
+                if instance.timeout_seconds and set_timeout is not None:
+                    set_timeout(instance.timeout_seconds)
                 return layout.database_backup_names(
                     self.settings.hostname,
                     instance.id,

@@ -208,9 +208,17 @@ class CleanupJob:
         return result
 
     def run(self, instance: str | None = None, *, dry_run: bool = False) -> CleanupResult:
-        """Plan and (unless ``dry_run``) apply; return the result (empty when dry)."""
-        plan = self.plan(instance)
-        return CleanupResult(plan) if dry_run else self.apply(plan)
+        """Plan and (unless ``dry_run``) apply under the instances' run locks, so a backup
+        in progress never sees its base deleted; return the result (nothing deleted when
+        dry). Raise LockBusy when a run of one of the instances is in progress."""
+        if dry_run:
+            return CleanupResult(self.plan(instance))
+        from vya_backupdb.jobs.locks import instance_locks
+
+        names = [self.settings.instance(instance).id] if instance else []
+        names = names or [i.id for i in self.settings.instances]
+        with instance_locks(self.settings.storage.base_path, names, command="cleanup"):
+            return self.apply(self.plan(instance))
 
     def _size_of(self, record: BackupRecord) -> int:
         """Return the bytes a backup occupies: data, sidecar, manifest and metadata."""

@@ -75,12 +75,6 @@ class StoppableBackupJob(BackupJob):
             self.completed.append(result)
         return result
 
-    def backup_instance(
-        self, instance: InstanceConfig, request: BackupRequest
-    ) -> list[DatabaseResult]:
-        self._check_stop()
-        return [self._keep(r) for r in super().backup_instance(instance, request)]
-
     def backup_database(
         self,
         engine: Engine,

@@ -379,7 +379,8 @@ class VerifyJob:
                     newest[(info.instance, info.database, record.kind)] = record
             selected = sorted(newest.values(), key=lambda r: (r.started_at, r.id))
         else:
-            selected = records
+            # A failed run's record describes no backup: there is nothing to verify.
+            selected = [r for r in records if r.ok]
         for record in selected:
             report.results.append(self.verify_record(record, chosen))
         for name in damaged:

@@ -22,6 +22,18 @@ from vya_backupdb.errors import UsageError
 from vya_backupdb.secrets.redaction import STANDARD_RECORD_ATTRS, RedactingFilter, redact
 
 ROOT_LOGGER = "vya_backupdb"
+SHORT_ROOT_LOGGER = "vya"
+#: Keys every JSON line about an operation carries (null when not applicable).
+OPERATION_FIELDS = (
+    "instance",
+    "dbms",
+    "database",
+    "operation",
+    "duration_seconds",
+    "size_bytes",
+    "compression_ratio",
+    "status",
+)
 LOG_FORMATS = ("rich", "json")
 _MARK = "_vya_handler"
 
@@ -38,9 +50,9 @@ def level_for(verbosity: int) -> int:
 
 
 def _component(name: str) -> str:
-    if name == ROOT_LOGGER:
+    if name in (ROOT_LOGGER, SHORT_ROOT_LOGGER):
         return "core"
-    return name.removeprefix(ROOT_LOGGER + ".")
+    return name.removeprefix(ROOT_LOGGER + ".").removeprefix(SHORT_ROOT_LOGGER + ".")
 
 
 class JsonLinesFormatter(logging.Formatter):
@@ -58,6 +70,10 @@ class JsonLinesFormatter(logging.Formatter):
         for name, value in vars(record).items():
             if name not in STANDARD_RECORD_ATTRS and not name.startswith("_"):
                 payload[name] = value
+        if "operation" in payload:
+            # One schema for every operation line: monitors can rely on each key existing.
+            for name in OPERATION_FIELDS:
+                payload.setdefault(name, None)
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
@@ -103,30 +119,28 @@ def configure(fmt: str, file: Path | None, verbosity: int) -> None:
         raise UsageError(
             f"unknown log format {fmt!r}", hint=f"Use one of: {', '.join(LOG_FORMATS)}"
         )
-    logger = logging.getLogger(ROOT_LOGGER)
-    for handler in list(logger.handlers):
-        if getattr(handler, _MARK, False):
-            logger.removeHandler(handler)
-            handler.close()
+    # Modules log under "vya_backupdb.*" and, in jobs/, under the short "vya.*". Both trees
+    # reach the log file and JSON lines (no operation line is lost); on a human (rich)
+    # console the short tree shows warnings and errors only, as it always did, so command
+    # output stays the command's own.
+    main_logger = logging.getLogger(ROOT_LOGGER)
+    short_logger = logging.getLogger(SHORT_ROOT_LOGGER)
     level = level_for(verbosity)
-    logger.setLevel(level)
-    # Our handlers only: the application's log lines are not duplicated by a root handler.
-    logger.propagate = False
+    for each in (main_logger, short_logger):
+        for handler in list(each.handlers):
+            if getattr(handler, _MARK, False):
+                each.removeHandler(handler)
+                handler.close()
+        each.setLevel(level)
+        # Our handlers only: the application's log lines are not duplicated by a root handler.
+        each.propagate = False
 
-    console_handler: logging.Handler
+    console_handler = _console_handler(fmt, level)
+    main_logger.addHandler(console_handler)
     if fmt == "json":
-        console_handler = logging.StreamHandler(sys.stderr)
-        console_handler.setFormatter(JsonLinesFormatter())
+        short_logger.addHandler(console_handler)
     else:
-        console_handler = RichHandler(
-            console=Console(stderr=True, highlight=False),
-            show_path=False,
-            markup=False,
-            rich_tracebacks=False,
-            log_time_format="[%X]",
-        )
-    console_handler.setLevel(level)
-    logger.addHandler(_mark(console_handler))
+        short_logger.addHandler(_console_handler(fmt, max(level, logging.WARNING)))
 
     if file is not None:
         try:
@@ -139,7 +153,26 @@ def configure(fmt: str, file: Path | None, verbosity: int) -> None:
             ) from None
         file_handler.setFormatter(JsonLinesFormatter() if fmt == "json" else PlainFormatter())
         file_handler.setLevel(level)
-        logger.addHandler(_mark(file_handler))
+        _mark(file_handler)
+        main_logger.addHandler(file_handler)
+        short_logger.addHandler(file_handler)
+
+
+def _console_handler(fmt: str, level: int) -> logging.Handler:
+    handler: logging.Handler
+    if fmt == "json":
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonLinesFormatter())
+    else:
+        handler = RichHandler(
+            console=Console(stderr=True, highlight=False),
+            show_path=False,
+            markup=False,
+            rich_tracebacks=False,
+            log_time_format="[%X]",
+        )
+    handler.setLevel(level)
+    return _mark(handler)
 
 
 def get_logger(component: str) -> logging.Logger:

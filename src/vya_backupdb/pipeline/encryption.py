@@ -453,14 +453,24 @@ class AgeWriter:
     def write(self, data: bytes, /) -> int:
         if self._closed:
             raise ValueError("write to a closed encrypting writer")
-        self._buffer += data
-        # Keep at least one byte back: only close() knows which chunk is the last one.
-        while len(self._buffer) > CHUNK_SIZE:
-            self._seal(bytes(self._buffer[:CHUNK_SIZE]), last=False)
-            del self._buffer[:CHUNK_SIZE]
+        # A chunk is sealed only once more data follows it: only close() knows which chunk
+        # is the last one. Full chunks are sealed straight from the caller's buffer (no copy).
+        view = memoryview(data)
+        pos = 0
+        if self._buffer:
+            pos = min(CHUNK_SIZE - len(self._buffer), len(view))
+            self._buffer += view[:pos]
+            if len(self._buffer) < CHUNK_SIZE or pos == len(view):
+                return len(data)
+            self._seal(self._buffer, last=False)
+            self._buffer.clear()
+        while len(view) - pos > CHUNK_SIZE:
+            self._seal(view[pos : pos + CHUNK_SIZE], last=False)
+            pos += CHUNK_SIZE
+        self._buffer += view[pos:]
         return len(data)
 
-    def _seal(self, chunk: bytes, last: bool) -> None:
+    def _seal(self, chunk: bytes | bytearray | memoryview, last: bool) -> None:
         self._sink.write(self._aead.encrypt(_chunk_nonce(self._counter, last), chunk, None))
         self._counter += 1
 

@@ -261,7 +261,7 @@ def cron_times(schedule: ScheduleConfig, host_zone: ZoneInfo, start: datetime) -
     a due time falls during the coming year, and ``run --scheduled`` keeps only the run that
     is due (the window check), so DST changes on either side stay correct.
     """
-    if schedule.timezone == getattr(host_zone, "key", None):
+    if _same_zone(schedule.timezone, getattr(host_zone, "key", None)):
         if schedule.cron is not None:
             return [parse_cron(schedule.cron).expression]
         hour, minute = schedule.hour_minute
@@ -281,6 +281,33 @@ def cron_times(schedule: ScheduleConfig, host_zone: ZoneInfo, start: datetime) -
     for minute, hours in slots.items():
         by_hours.setdefault(tuple(sorted(hours)), []).append(minute)
     return [
-        f"{','.join(str(m) for m in sorted(minutes))} {','.join(str(h) for h in hours)} * * *"
+        f"{_cron_list(minutes, 60)} {_cron_list(hours, 24)} * * *"
         for hours, minutes in sorted(by_hours.items(), key=lambda kv: (min(kv[1]), kv[0]))
     ]
+
+
+def _cron_list(values: list[int] | tuple[int, ...], size: int) -> str:
+    return "*" if len(set(values)) == size else ",".join(str(v) for v in sorted(values))
+
+
+_UTC_NAMES = frozenset(
+    {
+        "UTC",
+        "Etc/UTC",
+        "Etc/UCT",
+        "UCT",
+        "Etc/Universal",
+        "Universal",
+        "Etc/Zulu",
+        "Zulu",
+        "GMT",
+        "Etc/GMT",
+        "Etc/GMT0",
+        "GMT0",
+        "Etc/Greenwich",
+    }
+)
+
+
+def _same_zone(a: str | None, b: str | None) -> bool:
+    return a is not None and b is not None and (a == b or (a in _UTC_NAMES and b in _UTC_NAMES))

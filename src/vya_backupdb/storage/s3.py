@@ -222,12 +222,14 @@ class S3Storage:
         part_size: int = 8 * MIB,
         retries: int = 5,
         description: str | None = None,
+        page_size: int = 1000,
     ):
         self.client = client
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.part_size = part_size
         self.retries = retries
+        self.page_size = page_size
         self.description = description or f"s3://{bucket}/{self.prefix}"
 
     @classmethod
@@ -345,7 +347,11 @@ class S3Storage:
         key_prefix = (self.prefix + "/" if self.prefix else "") + prefix
         token: str | None = None
         while True:
-            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": key_prefix}
+            kwargs: dict[str, Any] = {
+                "Bucket": self.bucket,
+                "Prefix": key_prefix,
+                "MaxKeys": self.page_size,
+            }
             if token:
                 kwargs["ContinuationToken"] = token
             page = self._call("list_objects_v2", f"listing {prefix or '/'}", **kwargs)

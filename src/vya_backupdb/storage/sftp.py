@@ -270,7 +270,9 @@ class SftpStorage:
         attrs = self._do(lambda s: s.stat(self._path(name)), name)
         if not stat.S_ISREG(attrs.st_mode or 0):
             raise NotFoundError(f"backup object not found: {name} (not a file)")
-        return ObjectInfo(name, int(attrs.st_size or 0), datetime.fromtimestamp(attrs.st_mtime or 0, UTC))
+        return ObjectInfo(
+            name, int(attrs.st_size or 0), datetime.fromtimestamp(attrs.st_mtime or 0, UTC)
+        )
 
     def exists(self, name: str) -> bool:
         try:
