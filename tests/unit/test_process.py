@@ -1,0 +1,81 @@
+"""engines/process.py: exit status checked at EOF, stderr tail kept and masked, timeouts."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import pytest
+
+from vya_backupdb.engines.process import Command, ToolReader, feed, find_tool, run
+from vya_backupdb.errors import BackupFailed, RestoreFailed, ToolMissing
+
+pytestmark = pytest.mark.unit
+
+SECRET = "s3cr3t-pw"
+
+
+def _sh(script: str) -> Command:
+    return Command(["/bin/sh", "-c", script], env={"PW": SECRET}, secrets=[SECRET])
+
+
+def test_tool_reader_success_streams_all_output() -> None:
+    with ToolReader(_sh("seq 1 100000")) as reader:
+        data = b""
+        while chunk := reader.read(4096):
+            data += chunk
+    assert data.splitlines()[-1] == b"100000"
+
+
+def test_tool_reader_nonzero_exit_raises_with_masked_stderr_tail() -> None:
+    with (
+        pytest.raises(BackupFailed) as caught,
+        ToolReader(_sh('echo partial; echo "fatal: auth for $PW failed" >&2; exit 3')) as reader,
+    ):
+        while reader.read(100):
+            pass
+    assert "exited with status 3" in caught.value.message
+    assert "****" in caught.value.message
+    assert SECRET not in caught.value.message
+    assert SECRET not in (caught.value.details or "")
+
+
+def test_tool_reader_timeout_kills_the_tool_and_says_so() -> None:
+    start = time.monotonic()
+    with pytest.raises(BackupFailed, match="timed out after 1s"), ToolReader(_sh("sleep 30")) as r:
+        r.set_timeout(1)
+        while r.read(100):
+            pass
+    assert time.monotonic() - start < 10
+
+
+def test_tool_reader_early_exit_by_exception_kills_child() -> None:
+    reader = ToolReader(_sh("yes"))
+    with pytest.raises(RuntimeError), reader:
+        reader.read(10)
+        raise RuntimeError("consumer failed")
+    assert reader._proc.poll() is not None
+
+
+def test_command_display_masks_secrets() -> None:
+    command = Command(["tool", f"--x={SECRET}"], secrets=[SECRET])
+    assert SECRET not in command.display()
+
+
+def test_feed_streams_stdin_and_reports_failure() -> None:
+    tail = feed(_sh("wc -c"), io.BytesIO(b"x" * 5_000_000), RestoreFailed)
+    assert tail.strip() == "5000000"
+    with pytest.raises(RestoreFailed, match="status 4"):
+        feed(_sh("cat >/dev/null; echo bad >&2; exit 4"), io.BytesIO(b"abc"), RestoreFailed)
+
+
+def test_run_returns_stdout_and_raises_on_failure() -> None:
+    assert run(_sh("echo hi"), RestoreFailed).strip() == "hi"
+    with pytest.raises(RestoreFailed):
+        run(_sh("exit 2"), RestoreFailed)
+
+
+def test_find_tool_missing_names_the_package() -> None:
+    with pytest.raises(ToolMissing) as caught:
+        find_tool(["vya-no-such-tool"], "some-package")
+    assert "apt-get install some-package" in caught.value.hint
