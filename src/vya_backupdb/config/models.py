@@ -135,7 +135,7 @@ class InstanceConfig(FrozenModel):
     )
     password: SecretStr | None = Field(
         None,
-        description="Encrypted password from 'credentials encrypt' (enc:...). Plain text is refused",
+        description="Encrypted password from 'credentials encrypt' (enc:...); no plain text",
     )
     password_env: str | None = Field(None, description="Read the password from this variable")
     password_file: Path | None = Field(None, description="Read the password from this file (0600)")
