@@ -162,3 +162,21 @@ def test_mariadb_tables_option_is_refused_with_hint(config: Path, source: str) -
     )
     assert code == 2, out
     assert "not supported for MySQL" in out
+
+
+def test_mariadb_users_show_grants_filters_by_database(
+    mariadb_server: MariadbServer, config: Path, source: str
+) -> None:
+    mariadb_server.sql(
+        "DROP USER IF EXISTS 'vya_erin'@'localhost'; CREATE USER 'vya_erin'@'localhost'; "
+        f"GRANT SELECT ON {quote_identifier(source)}.* TO 'vya_erin'@'localhost'; "
+        "GRANT INSERT ON mysql.* TO 'vya_erin'@'localhost'"
+    )
+    try:
+        code, out = _vya(config, "users", "show-grants", "my", "--database", source)
+        assert code == 0, out
+        assert "GRANT SELECT ON `" in out
+        assert "vya_erin" in out
+        assert "ON `mysql`.*" not in out
+    finally:
+        mariadb_server.sql("DROP USER 'vya_erin'@'localhost'")

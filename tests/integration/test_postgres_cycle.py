@@ -335,3 +335,41 @@ def test_pg_sigterm_during_backup_removes_partial_output(
     assert not list(backups.rglob("*.dump*"))
     assert not list(backups.rglob("*.metadata.json"))
     pg_server.drop_db(big)
+
+
+def test_pg_users_show_grants_lists_roles_and_table_grants(
+    pg_server: PgServer, config: Path, source: str
+) -> None:
+    pg_server.psql(
+        "DROP ROLE IF EXISTS vya_dora; CREATE ROLE vya_dora LOGIN IN ROLE vya_app_reader;"
+    )
+    pg_server.psql("CREATE TABLE shown (x int); GRANT SELECT ON shown TO vya_dora;", dbname=source)
+    try:
+        code, out = _vya(config, "users", "show-grants", "pg", "--database", source)
+        assert code == 0, out
+        assert "role vya_dora: LOGIN; member of vya_app_reader" in out
+        assert "GRANT SELECT ON public.shown TO vya_dora" in out
+    finally:
+        pg_server.psql("DROP TABLE shown;", dbname=source)
+        pg_server.psql("DROP ROLE vya_dora;")
+
+
+def test_pg_restore_list_and_restore_by_file(
+    pg_server: PgServer, config: Path, source: str
+) -> None:
+    assert _vya(config, "backup", "pg", "--no-users")[0] == 0
+    code, out = _vya(config, "restore", "--list", "pg", "--json")
+    assert code == 0, out
+    [point] = json.loads(out)
+    data_file = config.parent / "backups" / point["file_info"]["name"]
+    target = "from_file_copy"
+    pg_server.drop_db(target)
+    try:
+        code, out = _vya(config, "restore", "--file", str(data_file), "--target", target)
+        assert code == 0, out
+        assert compare_databases(pg_server, source, pg_server, target) == []
+    finally:
+        pg_server.drop_db(target)
+    code, out = _vya(config, "restore", "pg", "-d", source, "--at", "yesterday-ish")
+    assert code == 2
+    assert "cannot read the time" in out

@@ -1038,6 +1038,27 @@ class MysqlEngine:
         )
         return [str(r[0]) for r in cur.fetchall()]
 
+    def show_grants(self, database: str | None = None) -> list[str]:
+        """Return ``SHOW GRANTS`` of every non-built-in account and role; with ``database``,
+        only the grants that reach it (global grants and those on that database)."""
+        lines = []
+        with self._cursor() as cur:
+            for user, host in self._accounts(cur):
+                if is_builtin_user(user):
+                    continue
+                if host is None:
+                    cur.execute("SHOW GRANTS FOR %s", (user,))
+                else:
+                    cur.execute("SHOW GRANTS FOR %s@%s", (user, host))
+                for (grant,) in cur.fetchall():
+                    text = str(grant)
+                    if database is not None and " ON *.* " not in text:
+                        target = f" ON {quote_identifier(database)}."
+                        if target not in text:
+                            continue
+                    lines.append(text)
+        return lines
+
     def list_users(self) -> list[UserInfo]:
         """Return every account and role (``'user'@'host'`` / role name), built-ins flagged."""
         with self._cursor() as cur:

@@ -908,6 +908,37 @@ class PostgresEngine:
                              command.display(), "sql", {"users": [u.name for u in self.list_users()
                                                                   if not u.builtin]})  # fmt: skip
 
+    def show_grants(self, database: str | None = None) -> list[str]:
+        """Return one line per role (attributes, memberships) and, for ``database``, the
+        database privileges and every table/sequence/function grant inside it."""
+        lines = []
+        for user in self.list_users():
+            if user.builtin:
+                continue
+            attrs = user.attributes
+            flags = [k.upper() for k in ("superuser", "login", "createdb", "createrole",
+                                         "replication", "bypassrls") if attrs.get(k)]  # fmt: skip
+            member = f"; member of {', '.join(attrs['member_of'])}" if attrs["member_of"] else ""
+            lines.append(f"role {user.name}: {' '.join(flags) or 'NOLOGIN'}{member}")
+        if database is not None:
+            rows = self._query(
+                "SELECT coalesce(array_to_string(datacl, ', '), '(default privileges)') "
+                "FROM pg_database WHERE datname = %s",
+                (database,),
+            )
+            if not rows:
+                raise NotFoundError(f"database {database!r} does not exist on {self.instance.id!r}")
+            lines.append(f"database {database}: {rows[0][0]}")
+            grants = self._query(
+                "SELECT grantee, privilege_type, table_schema, table_name "
+                "FROM information_schema.role_table_grants "
+                "WHERE table_schema NOT IN ('pg_catalog', 'information_schema') "
+                "ORDER BY 3, 4, 1, 2",
+                db=database,
+            )
+            lines += [f"GRANT {p} ON {s}.{t} TO {g}" for g, p, s, t in grants]
+        return lines
+
     def list_users(self) -> list[UserInfo]:
         """Return every role with its attributes and memberships (``builtin`` for pg_* roles
         and the bootstrap superuser)."""
