@@ -241,10 +241,9 @@ def restore_files(
             include=list(request.include),
             existing=request.existing,
             dry_run=request.dry_run,
-            on_entry=(lambda p: listing.append(p) if len(listing) < 10000 else None)
-            if request.dry_run
-            else None,
         )
+    if request.dry_run:
+        listing = list(result.dry_run_listing)
     return {
         "backup": record.id,
         "chain": [r.id for r in chain],
@@ -255,3 +254,4 @@ def restore_files(
         "dry_run": request.dry_run,
         "listing": listing,
     }
+
