@@ -254,4 +254,3 @@ def restore_files(
         "dry_run": request.dry_run,
         "listing": listing,
     }
-
