@@ -44,7 +44,7 @@ def test_sqlite_engine_same_name_in_two_dirs_is_a_usage_error(tmp_path: Path) ->
 
 def test_sqlite_engine_unknown_database_names_the_matches(tmp_path: Path) -> None:
     create_sqlite_demo(tmp_path / "a.db")
-    with pytest.raises(NotFoundError, match="zzz.db") as caught:
+    with pytest.raises(NotFoundError, match=r"zzz\.db") as caught:
         _engine(f"{tmp_path}/*.db").path_of("zzz.db")
     assert "a.db" in caught.value.hint
 
