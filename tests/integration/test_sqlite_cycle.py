@@ -173,3 +173,24 @@ def test_sqlite_round_trip_with_each_codec(tmp_path: Path, algorithm: str) -> No
     code, out = _vya(config, "restore", "lite", "-d", "shop.db", "--latest", "--target", "r.db")
     assert code == 0, out
     assert sqlite_fingerprint(data / "shop.db") == sqlite_fingerprint(data / "r.db")
+
+
+def test_restore_lands_in_the_run_log_and_metrics(setup: tuple[Path, Path]) -> None:
+    from prometheus_client import generate_latest
+
+    from vya_backupdb.catalog.catalog import Catalog
+    from vya_backupdb.observability.metrics import catalog_registry
+    from vya_backupdb.storage.local import LocalStorage
+
+    config, _ = setup
+    assert _vya(config, "backup", "--all")[0] == 0
+    code, out = _vya(config, "restore", "lite", "-d", "shop.db", "--latest", "--target", "m.db")
+    assert code == 0, out
+    catalog = Catalog(LocalStorage(config.parent / "backups"), "testhost")
+    text = generate_latest(catalog_registry(catalog)).decode()
+    restore_lines = [
+        line for line in text.splitlines() if line.startswith("vya_restore_last_success")
+    ]
+    assert restore_lines
+    assert restore_lines[0].endswith(" 1.0")
+    assert 'database="m.db"' in restore_lines[0]

@@ -151,6 +151,47 @@ class RestoreJob:
 
     # -- running ---------------------------------------------------------------------------
     def run(self, request: RestoreRequest, confirm: Confirm) -> RestoreResult:
+        """Restore as requested; every attempt (success or failure) lands in the run log, so
+        metrics and audits see restores too."""
+        from vya_backupdb.jobs.backup import new_run_id
+        from vya_backupdb.observability.metrics import record_operation
+
+        started_at = self.clock()
+        t0 = time.monotonic()
+        entry: dict[str, Any] = {
+            "instance": request.target_instance or request.instance,
+            "database": request.target or request.database,
+            "status": "failed",
+            "error_type": None,
+        }
+        try:
+            result = self._run(request, confirm)
+        except VyaError as exc:
+            entry["error_type"] = type(exc).__name__
+            entry["error"] = exc.message
+            raise
+        else:
+            entry.update(
+                instance=result.target_instance,
+                database=result.target_database,
+                status="success",
+                backup=result.record.id,
+                mode=result.mode,
+            )
+            return result
+        finally:
+            entry["duration_seconds"] = round(time.monotonic() - t0, 3)
+            if not (entry["status"] == "failed" and entry["error_type"] == "UsageError"):
+                record_operation(
+                    self.catalog,
+                    "restore",
+                    [entry],
+                    started_at=started_at,
+                    finished_at=self.clock(),
+                    run_id=new_run_id(started_at),
+                )
+
+    def _run(self, request: RestoreRequest, confirm: Confirm) -> RestoreResult:
         record = self.find_record(request)
         if record.kind == "files":
             raise UsageError("use the files restore for files backups")
