@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -266,3 +267,31 @@ def test_s3_remote_missing_credentials_variable_is_a_credential_error(
     result = runner.invoke(app, ["--config", str(config), "list", "--remote", "offsite"], env={})
     assert result.exit_code == 3, result.output
     assert "VYA_TEST_S3_KEY" in result.output
+
+
+def test_s3_verify_and_cleanup_work_directly_against_the_remote(
+    tmp_path: Path,
+    s3_endpoint: str,  # noqa: F811
+    bucket: str,
+) -> None:
+    create_sqlite_demo(tmp_path / "data" / "shop.db")
+    config = _config(tmp_path, s3_endpoint, bucket, auto_upload=True)
+    raw = yaml.safe_load(config.read_text())
+    raw["storage"]["remotes"][0]["retention"] = {"keep_last": 1}
+    config.write_text(yaml.safe_dump(raw))
+    for _ in range(2):
+        assert _vya(config, "backup", "lite", "--no-users")[0] == 0
+        time.sleep(1.1)
+    code, out = _vya(config, "verify", "lite", "--remote", "offsite", "--json")
+    assert code == 0, out
+    results = json.loads(out)["results"]
+    assert len(results) == 2
+    assert all(r["outcome"] == "ok" for r in results)
+    # The remote keeps only the newest (its own retention); the local store keeps both.
+    code, out = _vya(config, "cleanup", "--remote", "offsite", "--json")
+    assert code == 0, out
+    remote_left = json.loads(_vya(config, "list", "--remote", "offsite", "--json")[1])["backups"]
+    local_left = json.loads(_vya(config, "list", "--json")[1])["backups"]
+    assert len(remote_left) == 1
+    assert len(local_left) == 2
+    assert remote_left[0]["id"] == max(b["id"] for b in local_left)

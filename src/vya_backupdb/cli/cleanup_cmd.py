@@ -28,6 +28,10 @@ def cleanup(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show what would be kept and deleted; delete nothing")
     ] = False,
+    remote: Annotated[
+        str | None,
+        typer.Option("--remote", help="Clean this remote (with its own retention, if set)"),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the decisions as JSON")] = False,
 ) -> None:
     """Delete old backups according to the retention policy, with the reason for each.
@@ -39,7 +43,18 @@ def cleanup(
     from vya_backupdb.jobs.cleanup import CleanupJob
 
     app = get_app(ctx)
-    result = CleanupJob(app.loaded()).run(instance, dry_run=dry_run)
+    loaded = app.loaded()
+    if remote is not None:
+        from vya_backupdb.wiring import make_storage, remote_config
+
+        job = CleanupJob(
+            loaded,
+            make_storage(loaded.settings, remote),
+            remote_retention=remote_config(loaded.settings, remote).retention,
+        )
+    else:
+        job = CleanupJob(loaded)
+    result = job.run(instance, dry_run=dry_run)
     if json_out:
         payload = {"version": CLEANUP_JSON_VERSION, "dry_run": dry_run, **result.as_dict()}
         typer.echo(plain_json(payload))

@@ -56,6 +56,9 @@ def verify(
             "then drop it",
         ),
     ] = False,
+    remote: Annotated[
+        str | None, typer.Option("--remote", help="Verify the backups on this remote")
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the results as JSON")] = False,
 ) -> None:
     """Verify backups: checksum, integrity of the dump, optionally a test restore.
@@ -75,7 +78,13 @@ def verify(
     if database is not None and instance is None:
         raise UsageError("--database needs an INSTANCE", hint="e.g. verify pg01 -d app")
     app = get_app(ctx)
-    job = VerifyJob(app.loaded())
+    loaded = app.loaded()
+    if remote is not None:
+        from vya_backupdb.wiring import make_storage
+
+        job = VerifyJob(loaded, make_storage(loaded.settings, remote))
+    else:
+        job = VerifyJob(loaded)
     if file is not None:
         report = VerifyReport([job.verify_file(file, level, test_restore)])
     elif all_:

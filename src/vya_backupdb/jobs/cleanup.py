@@ -138,9 +138,12 @@ class CleanupJob:
         storage: Storage | None = None,
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        remote_retention: RetentionConfig | None = None,
     ):
         self.loaded = loaded
         self.settings = loaded.settings
+        #: A remote's own retention (storage.remotes[].retention) replaces the instances'.
+        self.remote_retention = remote_retention
         self.storage = storage or make_storage(self.settings)
         self.catalog = make_catalog(self.settings, self.storage)
         self.clock = clock
@@ -167,8 +170,9 @@ class CleanupJob:
         return plan
 
     def policy_for(self, instance: InstanceConfig) -> RetentionConfig:
-        """Return the instance's retention config (its own, else the global default)."""
-        return instance.retention or self.settings.retention
+        """Return the remote's retention when cleaning a remote that has one, else the
+        instance's own, else the global default."""
+        return self.remote_retention or instance.retention or self.settings.retention
 
     def apply(self, plan: CleanupPlan) -> CleanupResult:
         """Delete every backup the plan says to delete; return what was deleted and freed.
