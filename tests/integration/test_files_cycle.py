@@ -117,3 +117,52 @@ def test_files_cli_chain_backup_and_restore_each_point(tmp_path: Path) -> None:
     assert code != 0
     code, out, _ = _vya(config, "restore", "f", "--latest", "--target", str(latest), "--overwrite")
     assert code == 0, out
+
+
+def test_files_backup_encrypted_restores_and_opens_with_standard_tools(tmp_path: Path) -> None:
+    import subprocess
+
+    from vya_backupdb.pipeline.encryption import generate_identity, write_identity_file
+
+    src = tmp_path / "src"
+    src.mkdir()
+    _write(src / "secret plans.txt", b"launch codes\n" * 1000)
+    (src / "sub").mkdir()
+    _write(src / "sub" / "b.bin", bytes(range(256)) * 100)
+    secret, public = generate_identity()
+    key = tmp_path / "age.key"
+    write_identity_file(key, secret, public)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "storage": {
+                    "base_path": str(tmp_path / "b"),
+                    "encryption": {"recipients": [public], "identity_file": str(key)},
+                },
+                "instances": [{"id": "f", "type": "files", "paths": [f"{src}/**"]}],
+            }
+        )
+    )
+    code, out, _ = _vya(config, "backup", "f")
+    assert code == 0, out
+    [archive] = (tmp_path / "b").rglob("*.tar.zst.age")
+    [manifest] = (tmp_path / "b").rglob("*.manifest.jsonl.zst")
+    assert archive.read_bytes().startswith(b"age-encryption.org/v1")
+    assert manifest.read_bytes().startswith(b"age-encryption.org/v1")
+    assert b"secret plans" not in manifest.read_bytes()
+    if shutil.which("age") and shutil.which("zstd"):
+        listing = subprocess.run(
+            f"age -d -i {key} {archive} | zstd -dc | tar -tf -",
+            shell=True,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert "secret plans.txt" in listing
+    target = tmp_path / "restored"
+    code, out, _ = _vya(config, "restore", "f", "--latest", "--target", str(target))
+    assert code == 0, out
+    assert _diff(_snapshot(src), _snapshot(_restored(target, src))) == []
+    code, out, _ = _vya(config, "verify", "f", "--level", "integrity")
+    assert code == 0, out

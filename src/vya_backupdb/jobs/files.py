@@ -25,7 +25,7 @@ from vya_backupdb.jobs.store import StoredObject, check_checksum, open_backup_st
 from vya_backupdb.pipeline.codecs import Readable, get_codec
 from vya_backupdb.pipeline.stream import HashingReader, HashingWriter
 from vya_backupdb.storage.base import Storage
-from vya_backupdb.wiring import compression_for
+from vya_backupdb.wiring import compression_for, encryption_for
 
 if TYPE_CHECKING:
     from vya_backupdb.jobs.backup import BackupJob, BackupRequest, DatabaseResult
@@ -67,7 +67,12 @@ def open_manifest(storage: Storage, record: BackupRecord) -> Iterator[Readable]:
         )
     with storage.get(name) as raw:
         hashing = HashingReader(raw)
-        yield get_codec(MANIFEST_CODEC).reader(hashing)
+        source: Readable = hashing
+        if meta.get("encrypted"):
+            from vya_backupdb.jobs.store import decrypt_stream
+
+            source = decrypt_stream(hashing, record, None)
+        yield get_codec(MANIFEST_CODEC).reader(source)
         while hashing.read(1024 * 1024):
             pass
     if hashing.sha256 != meta.get("sha256"):
@@ -98,6 +103,7 @@ def backup_files_instance(
         if effective != strategy:
             log.info("no base backup for %s: taking a full backup", strategy, extra=context)
         codec, level, threads = compression_for(job.settings, instance)
+        encryption = encryption_for(job.settings, instance)
         names = layout.database_backup_names(
             job.settings.hostname,
             instance.id,
@@ -105,7 +111,7 @@ def backup_files_instance(
             started,
             effective,
             "tar",
-            codec.suffix,
+            codec.suffix + (encryption.suffix if encryption else ""),
         )
         manifest_codec = get_codec(MANIFEST_CODEC)
         with contextlib.ExitStack() as stack:
@@ -114,8 +120,11 @@ def backup_files_instance(
             manifest_sink = stack.enter_context(job.storage.put(names.manifest))
             data_hash = HashingWriter(data_sink)
             manifest_hash = HashingWriter(manifest_sink)
-            data_writer = codec.writer(data_hash, level, threads)
-            manifest_writer = manifest_codec.writer(manifest_hash, 3, 1)
+            # Encrypt after compressing, the manifest too: file names can be sensitive.
+            data_crypt = encryption.writer(data_hash) if encryption else None
+            manifest_crypt = encryption.writer(manifest_hash) if encryption else None
+            data_writer = codec.writer(data_crypt or data_hash, level, threads)
+            manifest_writer = manifest_codec.writer(manifest_crypt or manifest_hash, 3, 1)
             raw = _CountingWriter(data_writer)
             result = engine.archive(
                 raw,
@@ -126,6 +135,9 @@ def backup_files_instance(
             )
             data_writer.close()
             manifest_writer.close()
+            for crypt in (data_crypt, manifest_crypt):
+                if crypt is not None:
+                    crypt.close()
         stored = StoredObject(names.data, raw.bytes, data_hash.bytes, data_hash.sha256)
         try:
             from vya_backupdb.catalog.catalog import write_text
@@ -180,6 +192,7 @@ def backup_files_instance(
             extension="tar",
             compression=codec.name,
             compression_level=level if codec.name != "none" else None,
+            encryption=encryption.name if encryption else None,
         ),
         stats=stats,
         extra={
@@ -188,7 +201,9 @@ def backup_files_instance(
                 "sha256": manifest_hash.sha256,
                 "size": manifest_hash.bytes,
                 "compression": MANIFEST_CODEC,
+                "encrypted": encryption is not None,
             },
+            **({"encryption": encryption.metadata()} if encryption else {}),
             "warnings": result.warnings[:100],
         },
     )

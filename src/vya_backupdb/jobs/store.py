@@ -181,11 +181,11 @@ def check_checksum(
         )
     if check_key and record.file_info.encryption:
         with storage.get(name) as reader:
-            _decrypting(reader, record, identities)
+            decrypt_stream(reader, record, identities)
     return digest
 
 
-def _decrypting(
+def decrypt_stream(
     source: Readable, record: BackupRecord, identities: Sequence[Identity] | None
 ) -> Readable:
     from vya_backupdb.pipeline.encryption import NAME, decrypting_reader
@@ -220,7 +220,7 @@ def open_backup_stream(
         hashing = HashingReader(raw)
         counted: Readable = CountingReader(hashing, progress)
         if record.file_info.encryption:
-            counted = _decrypting(counted, record, identities)
+            counted = decrypt_stream(counted, record, identities)
         reader = codec.reader(counted)
         try:
             yield _TranslatingReader(reader, record.file_info.name)
