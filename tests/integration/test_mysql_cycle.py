@@ -5,42 +5,18 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
+from cli_helpers import vya as _vya
+from cli_helpers import write_config as _write_config
 from mysql_compare import compare_databases
 from test_mysql_engine import TRICKY_DB, _execute_all, _tricky_statements
-from typer.testing import CliRunner
 
 from harness.mariadb import MariadbServer, quote_identifier
-from vya_backupdb.cli.app import app
 
 pytestmark = [pytest.mark.integration, pytest.mark.mysql]
 
-runner = CliRunner()
 DB = TRICKY_DB + " cycle"
-
-
-def _write_config(tmp_path: Path, instances: list[dict[str, Any]], **extra: Any) -> Path:
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "hostname": "h",
-                "storage": {"base_path": str(tmp_path / "backups"), **extra},
-                "instances": instances,
-            },
-            allow_unicode=True,
-        ),
-        encoding="utf-8",
-    )
-    return config
-
-
-def _vya(config: Path, *args: str) -> tuple[int, str]:
-    result = runner.invoke(app, ["--config", str(config), *args])
-    return result.exit_code, result.output
 
 
 @pytest.fixture

@@ -14,42 +14,18 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
+from cli_helpers import vya as _vya
+from cli_helpers import write_config as _write_config
 from pg_compare import compare_databases, role_snapshot
-from typer.testing import CliRunner
 
 from harness.postgres import PgServer
-from vya_backupdb.cli.app import app
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
-runner = CliRunner()
 FIXTURES = Path(__file__).with_name("pg_fixtures.sql")
 DB = "shop «ünï» 'q' 🐘"
-
-
-def _write_config(tmp_path: Path, instances: list[dict[str, Any]]) -> Path:
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "hostname": "h",
-                "storage": {"base_path": str(tmp_path / "backups")},
-                "instances": instances,
-            },
-            allow_unicode=True,
-        ),
-        encoding="utf-8",
-    )
-    return config
-
-
-def _vya(config: Path, *args: str) -> tuple[int, str]:
-    result = runner.invoke(app, ["--config", str(config), *args])
-    return result.exit_code, result.output
 
 
 @pytest.fixture

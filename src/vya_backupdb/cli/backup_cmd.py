@@ -42,6 +42,15 @@ def backup(
         typer.Option("--jobs", "-j", min=1, max=64, help="Databases backed up at once"),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the run as JSON")] = False,
+    no_progress: Annotated[
+        bool, typer.Option("--no-progress", help="No progress bars: periodic log lines instead")
+    ] = False,
+    progress_interval: Annotated[
+        float,
+        typer.Option(
+            "--progress-interval", min=0, help="Seconds between progress log lines (no terminal)"
+        ),
+    ] = 10.0,
 ) -> None:
     """Back up databases (one file per database) and users of the given instances.
 
@@ -65,7 +74,11 @@ def backup(
         verify=verify,
         jobs=jobs,
     )
-    run = BackupJob(loaded).run(request)
+    from vya_backupdb.cli.progress import display_for, showing
+
+    display = display_for(app, enabled=not no_progress, interval=progress_interval)
+    with showing(display):
+        run = BackupJob(loaded, progress=display.backup_factory()).run(request)
     if json_out:
         typer.echo(plain_json(run.as_dict()))
     else:

@@ -52,6 +52,15 @@ def restore(
     remote: Annotated[
         str | None, typer.Option("--remote", help="Restore from this remote (storage.remotes)")
     ] = None,
+    no_progress: Annotated[
+        bool, typer.Option("--no-progress", help="No progress bar: periodic log lines instead")
+    ] = False,
+    progress_interval: Annotated[
+        float,
+        typer.Option(
+            "--progress-interval", min=0, help="Seconds between progress log lines (no terminal)"
+        ),
+    ] = 10.0,
 ) -> None:
     """Restore a backup: verified first, then safe (swap on success), fast or test mode."""
     from vya_backupdb.jobs.restore import RestoreJob, RestoreRequest, list_restore_points, parse_at
@@ -135,7 +144,12 @@ def restore(
             )
         return typer.confirm(question, default=False)
 
-    result = job.run(request, confirm)
+    from vya_backupdb.cli.progress import display_for, showing
+
+    display = display_for(app, enabled=not no_progress, interval=progress_interval)
+    job.progress = display.restore_callback(record)
+    with showing(display):
+        result = job.run(request, confirm)
     if json_out:
         typer.echo(plain_json(result.as_dict()))
         return

@@ -154,6 +154,13 @@ class InstanceConfig(FrozenModel):
     # PostgreSQL
     format: PgFormat = Field("custom", description="PostgreSQL dump format: plain|custom|directory")
     jobs: int = Field(1, ge=1, le=64, description="pg_dump/pg_restore --jobs (directory format)")
+    directory_format_above_bytes: int | None = Field(
+        None,
+        ge=0,
+        description="PostgreSQL: databases larger than this (pg_database_size, bytes) are "
+        "dumped in directory format with pg_dump --jobs whatever 'format' says (e.g. "
+        "10737418240 = 10 GiB; set jobs > 1)",
+    )
     # SQLite and files
     paths: list[str] = Field(
         default_factory=list,
@@ -196,6 +203,8 @@ class InstanceConfig(FrozenModel):
     def _type_specific(self) -> InstanceConfig:
         if self.type in ("sqlite", "files") and not self.paths:
             raise ValueError(f"instances of type {self.type} need 'paths'")
+        if self.directory_format_above_bytes is not None and self.type != "postgresql":
+            raise ValueError("directory_format_above_bytes applies to postgresql instances only")
         sources = [
             self.password is not None,
             self.password_env is not None,

@@ -33,7 +33,7 @@ from typing import Any, Literal
 import psycopg
 from psycopg import sql
 
-from vya_backupdb.config.models import InstanceConfig
+from vya_backupdb.config.models import InstanceConfig, PgFormat
 from vya_backupdb.engines import pg_globals
 from vya_backupdb.engines.base import (
     DatabaseInfo,
@@ -154,6 +154,17 @@ def make_pg_dump_command(
         raise ValueError(f"unknown pg_dump format {fmt!r}")
     argv += [*extra, f"--dbname={conninfo_dbname(db)}"]
     return Command(argv, libpq_env(instance, password), _secrets(password))
+
+
+def choose_dump_format(configured: PgFormat, size: int | None, threshold: int | None) -> PgFormat:
+    """Return ``directory`` when ``size`` is known and above ``threshold``, else ``configured``.
+
+    Large databases dump and restore in parallel only in directory format (pg_dump --jobs,
+    pg_restore --jobs); an unknown size keeps the configured format.
+    """
+    if threshold is not None and size is not None and size > threshold:
+        return "directory"
+    return configured
 
 
 def make_pg_restore_command(
@@ -630,15 +641,38 @@ class PostgresEngine:
 
     # ---- dump
 
+    def dump_format_for(self, db: str) -> PgFormat:
+        """Return the format to dump ``db`` in: ``directory`` when the instance sets
+        ``directory_format_above_bytes`` and the database is larger, else ``format``."""
+        threshold = self.instance.directory_format_above_bytes
+        if threshold is None:
+            return self.instance.format
+        rows = self._query(
+            "SELECT CASE WHEN has_database_privilege(oid, 'CONNECT') "
+            "THEN pg_database_size(oid) END FROM pg_database WHERE datname = %s",
+            (db,),
+        )
+        size = rows[0][0] if rows else None
+        return choose_dump_format(
+            self.instance.format, None if size is None else int(size), threshold
+        )
+
     @contextlib.contextmanager
-    def dump(self, db: str) -> Iterator[DumpStream]:
-        """Yield ``pg_dump`` of ``db`` as a stream; raise BackupFailed (stderr tail) at exit
-        when pg_dump failed, ConnectionFailed when it could not connect."""
-        fmt = self.instance.format
+    def dump(self, db: str, fmt: PgFormat | None = None) -> Iterator[DumpStream]:
+        """Yield ``pg_dump`` of ``db`` as a stream (in ``fmt``, default :meth:`dump_format_for`);
+        raise BackupFailed (stderr tail) at exit when pg_dump failed, ConnectionFailed when it
+        could not connect."""
+        fmt = fmt or self.dump_format_for(db)
         pg_dump = self._tool("pg_dump")
         version = _cached_tool_version(pg_dump)
         extra = list(self.instance.dump_options)
         info: dict[str, Any] = {"format": fmt}
+        if fmt != self.instance.format:
+            # Recorded so a reader of the metadata knows why this dump is not in `format`.
+            info["format_reason"] = (
+                "database larger than directory_format_above_bytes "
+                f"({self.instance.directory_format_above_bytes})"
+            )
         with self._translate_connection_errors(BackupFailed):
             if fmt != "directory":
                 command = make_pg_dump_command(

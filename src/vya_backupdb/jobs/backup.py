@@ -35,6 +35,8 @@ from vya_backupdb.wiring import (
 
 if TYPE_CHECKING:
     from vya_backupdb.config.loader import LoadedConfig
+    from vya_backupdb.pipeline.codecs import Codec
+    from vya_backupdb.pipeline.encryption import EncryptionPlan
     from vya_backupdb.storage.base import Storage
 
 log = logging.getLogger("vya.jobs.backup")
@@ -333,6 +335,20 @@ class BackupJob:
             for s in self.plan_instance(instance, request)
         ]
 
+    def pipeline_for(
+        self, instance: InstanceConfig
+    ) -> tuple[Codec, int, int, EncryptionPlan | None, str]:
+        """Return (codec, level, threads, encryption, file suffix) for the instance's objects."""
+        codec, level, threads = compression_for(self.settings, instance)
+        encryption = encryption_for(self.settings, instance)
+        return (
+            codec,
+            level,
+            threads,
+            encryption,
+            codec.suffix + (encryption.suffix if encryption else ""),
+        )
+
     @staticmethod
     def _users_wanted(instance: InstanceConfig, request: BackupRequest) -> bool:
         return instance.users if request.users is None else request.users
@@ -356,9 +372,7 @@ class BackupJob:
         try:
             stats = engine.table_stats(database)
             properties = engine.database_properties(database)
-            codec, level, threads = compression_for(self.settings, instance)
-            encryption = encryption_for(self.settings, instance)
-            suffix = codec.suffix + (encryption.suffix if encryption else "")
+            codec, level, threads, encryption, suffix = self.pipeline_for(instance)
             captured: dict[str, DumpStream] = {}
 
             def names_for(stream: DumpStream) -> layout.BackupNames:
@@ -490,9 +504,7 @@ class BackupJob:
         context = {"instance": instance.id, "database": layout.USERS_DB, "dbms": instance.type}
         try:
             users = engine.list_users()
-            codec, level, threads = compression_for(self.settings, instance)
-            encryption = encryption_for(self.settings, instance)
-            suffix = codec.suffix + (encryption.suffix if encryption else "")
+            codec, level, threads, encryption, suffix = self.pipeline_for(instance)
             captured: dict[str, DumpStream] = {}
 
             def names_for(stream: DumpStream) -> layout.BackupNames:

@@ -25,7 +25,6 @@ from vya_backupdb.jobs.store import StoredObject, check_checksum, open_backup_st
 from vya_backupdb.pipeline.codecs import Readable, get_codec
 from vya_backupdb.pipeline.stream import HashingReader, HashingWriter
 from vya_backupdb.storage.base import Storage
-from vya_backupdb.wiring import compression_for, encryption_for
 
 if TYPE_CHECKING:
     from vya_backupdb.jobs.backup import BackupJob, BackupRequest, DatabaseResult
@@ -102,16 +101,9 @@ def backup_files_instance(
         effective = strategy if base is not None else "full"
         if effective != strategy:
             log.info("no base backup for %s: taking a full backup", strategy, extra=context)
-        codec, level, threads = compression_for(job.settings, instance)
-        encryption = encryption_for(job.settings, instance)
+        codec, level, threads, encryption, suffix = job.pipeline_for(instance)
         names = layout.database_backup_names(
-            job.settings.hostname,
-            instance.id,
-            layout.FILES_DB,
-            started,
-            effective,
-            "tar",
-            codec.suffix + (encryption.suffix if encryption else ""),
+            job.settings.hostname, instance.id, layout.FILES_DB, started, effective, "tar", suffix
         )
         manifest_codec = get_codec(MANIFEST_CODEC)
         with contextlib.ExitStack() as stack:

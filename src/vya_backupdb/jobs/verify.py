@@ -65,6 +65,8 @@ Level = Literal["checksum", "integrity", "test-restore"]
 LEVELS: tuple[Level, ...] = ("checksum", "integrity", "test-restore")
 Outcome = Literal["ok", "failed", "error"]
 EngineFactory = Callable[["LoadedConfig", InstanceConfig], Engine]
+#: (record, stage "integrity" | "test-restore") -> callback of the stored bytes read, or None.
+VerifyProgress = Callable[[BackupRecord, str], Callable[[int], None] | None]
 
 PG_CLIENT_PACKAGE = "postgresql-client"
 #: The last lines pg_dump / mariadb-dump write when they finished normally.
@@ -246,6 +248,7 @@ class VerifyJob:
         *,
         engine_factory: EngineFactory = make_engine,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        progress: VerifyProgress | None = None,
     ):
         self.loaded = loaded
         self.settings = loaded.settings
@@ -253,6 +256,11 @@ class VerifyJob:
         self.catalog = make_catalog(self.settings, self.storage)
         self.engine_factory = engine_factory
         self.clock = clock
+        self.progress = progress
+
+    def _progress(self, record: BackupRecord, stage: str) -> Callable[[int], None] | None:
+        """Return the callback for the stored bytes of one full read of ``record``."""
+        return self.progress(record, stage) if self.progress is not None else None
 
     # -- entry points ----------------------------------------------------------------------
     def level_for(self, level: str | None = None, test_restore: bool = False) -> Level:
@@ -558,7 +566,9 @@ class VerifyJob:
         info = record.backup_info
         fmt = info.dump_format or record.file_info.extension
         name = record.file_info.name
-        with open_backup_stream(self.storage, record) as stream:
+        with open_backup_stream(
+            self.storage, record, self._progress(record, "integrity")
+        ) as stream:
             if record.kind == "files":
                 members = _list_tar(stream, name)
             elif record.kind == "users":
@@ -633,7 +643,8 @@ class VerifyJob:
         log.info("test restore of %s into %s on %s", record.id, temp_db, target.id)
         try:
             started = time.monotonic()
-            with open_backup_stream(self.storage, record) as stream:
+            reporting = self._progress(record, "test-restore")
+            with open_backup_stream(self.storage, record, reporting) as stream:
                 engine.restore(temp_db, stream, options)
             result.restore_seconds = round(time.monotonic() - started, 3)
             check = compare_row_counts(_expected_tables(record), engine.table_stats(temp_db))
@@ -647,7 +658,9 @@ class VerifyJob:
     def _test_restore_sqlite(self, record: BackupRecord, result: VerifyResult) -> str:
         started = time.monotonic()
         with (
-            open_backup_stream(self.storage, record) as stream,
+            open_backup_stream(
+                self.storage, record, self._progress(record, "test-restore")
+            ) as stream,
             _spooled_sqlite(stream) as path,
         ):
             _check_sqlite(path, record.file_info.name)
