@@ -168,7 +168,8 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
     """Return a GitHub markdown table."""
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     for row in rows:
-        lines.append("| " + " | ".join(str(cell) for cell in row) + " |")
+        # A pipe inside a cell (shell pipelines) would split it: escape it.
+        lines.append("| " + " | ".join(str(cell).replace("|", "\\|") for cell in row) + " |")
     return "\n".join(lines)
 
 

@@ -121,8 +121,17 @@ def run_cmd(
     if scheduled and instances:
         raise UsageError("give instances or --scheduled, not both")
     stop = threading.Event()
-    runner = ScheduledRunner(loaded, log_file=_log_file(state, loaded), stop=stop)
-    with graceful_stop(stop, 0):
+    from vya_backupdb.cli.progress import display_for, showing
+
+    # Unattended runs log a progress line per database every 60 s (bars in a terminal).
+    display = display_for(state, enabled=True, interval=60)
+    runner = ScheduledRunner(
+        loaded,
+        log_file=_log_file(state, loaded),
+        stop=stop,
+        progress=display.backup_factory(),
+    )
+    with showing(display), graceful_stop(stop, 0):
         if scheduled and schedule:
             outcomes = [runner.run_schedule(runner.schedule(schedule), force=force)]
         elif scheduled:

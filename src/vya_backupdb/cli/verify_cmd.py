@@ -60,6 +60,15 @@ def verify(
         str | None, typer.Option("--remote", help="Verify the backups on this remote")
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the results as JSON")] = False,
+    no_progress: Annotated[
+        bool, typer.Option("--no-progress", help="No progress bars: periodic log lines instead")
+    ] = False,
+    progress_interval: Annotated[
+        float,
+        typer.Option(
+            "--progress-interval", min=0, help="Seconds between progress log lines (no terminal)"
+        ),
+    ] = 10.0,
 ) -> None:
     """Verify backups: checksum, integrity of the dump, optionally a test restore.
 
@@ -77,23 +86,27 @@ def verify(
         )
     if database is not None and instance is None:
         raise UsageError("--database needs an INSTANCE", hint="e.g. verify pg01 -d app")
+    from vya_backupdb.cli.progress import display_for, showing
+
     app = get_app(ctx)
     loaded = app.loaded()
+    display = display_for(app, enabled=not no_progress, interval=progress_interval)
+    storage = None
     if remote is not None:
         from vya_backupdb.wiring import make_storage
 
-        job = VerifyJob(loaded, make_storage(loaded.settings, remote))
-    else:
-        job = VerifyJob(loaded)
-    if file is not None:
-        report = VerifyReport([job.verify_file(file, level, test_restore)])
-    elif all_:
-        report = job.verify_all(level=level, test_restore=test_restore, latest=latest)
-    else:
-        assert instance is not None
-        report = job.verify_instance(
-            instance, database, level=level, test_restore=test_restore, latest=latest
-        )
+        storage = make_storage(loaded.settings, remote)
+    job = VerifyJob(loaded, storage, progress=display.verify_factory())
+    with showing(display):
+        if file is not None:
+            report = VerifyReport([job.verify_file(file, level, test_restore)])
+        elif all_:
+            report = job.verify_all(level=level, test_restore=test_restore, latest=latest)
+        else:
+            assert instance is not None
+            report = job.verify_instance(
+                instance, database, level=level, test_restore=test_restore, latest=latest
+            )
     if json_out:
         typer.echo(plain_json({"version": VERIFY_JSON_VERSION, **report.as_dict()}))
     else:
