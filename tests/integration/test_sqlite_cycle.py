@@ -194,3 +194,28 @@ def test_restore_lands_in_the_run_log_and_metrics(setup: tuple[Path, Path]) -> N
     assert restore_lines
     assert restore_lines[0].endswith(" 1.0")
     assert 'database="m.db"' in restore_lines[0]
+
+
+def test_list_and_restore_list_tables_show_each_backup(
+    setup: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "250")  # a wide terminal: rich does not wrap the cells
+    config, _ = setup
+    code, out = _vya(config, "list")
+    assert code == 0
+    assert "No backups yet" in out
+    assert _vya(config, "backup", "--all")[0] == 0
+    code, out = _vya(config, "list", "lite")
+    assert code == 0, out
+    assert "shop.db" in out
+    assert "zstd" in out
+    assert "sidecar" in out
+    code, out = _vya(config, "restore", "--list", "lite", "-d", "shop.db")
+    assert code == 0, out
+    assert "_full.sqlite.zst" in out
+    code, out = _vya(config, "restore", "lite", "-d", "shop.db")
+    assert code == 2
+    assert "--latest" in out
+    code, out = _vya(config, "restore", "lite", "-d", "shop.db", "--latest", "--mode", "wild")
+    assert code == 2
+    assert "unknown --mode" in out
