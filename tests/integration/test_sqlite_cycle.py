@@ -219,3 +219,21 @@ def test_list_and_restore_list_tables_show_each_backup(
     code, out = _vya(config, "restore", "lite", "-d", "shop.db", "--latest", "--mode", "wild")
     assert code == 2
     assert "unknown --mode" in out
+
+
+def test_two_backups_in_the_same_second_both_survive(setup: tuple[Path, Path]) -> None:
+    from datetime import UTC, datetime
+
+    from vya_backupdb.config.loader import load_settings
+    from vya_backupdb.jobs.backup import BackupJob, BackupRequest
+
+    config, _ = setup
+    fixed = datetime(2026, 11, 21, 2, 30, 0, tzinfo=UTC)
+    job = BackupJob(load_settings(config, None), clock=lambda: fixed)
+    first = job.run(BackupRequest())
+    second = job.run(BackupRequest())
+    names = [r.record.file_info.name for r in (*first.results, *second.results) if r.record]
+    assert len(names) == 2
+    assert len(set(names)) == 2
+    listing = json.loads(_vya(config, "list", "--json")[1])["backups"]
+    assert len(listing) == 2

@@ -24,7 +24,7 @@ from vya_backupdb.config.models import SYSTEM_DATABASES, InstanceConfig
 from vya_backupdb.config.selection import select_databases
 from vya_backupdb.engines.base import DumpStream, Engine, ServerInfo
 from vya_backupdb.errors import BackupFailed, NotFoundError, UsageError, VyaError
-from vya_backupdb.jobs.store import StoredObject, write_backup_object
+from vya_backupdb.jobs.store import StoredObject, unused_names, write_backup_object
 from vya_backupdb.wiring import (
     compression_for,
     encryption_for,
@@ -380,14 +380,18 @@ class BackupJob:
                 set_timeout = getattr(stream.reader, "set_timeout", None)
                 if instance.timeout_seconds and set_timeout is not None:
                     set_timeout(instance.timeout_seconds)
-                return layout.database_backup_names(
-                    self.settings.hostname,
-                    instance.id,
-                    database,
+                return unused_names(
+                    self.storage,
+                    lambda moment: layout.database_backup_names(
+                        self.settings.hostname,
+                        instance.id,
+                        database,
+                        moment,
+                        strategy,
+                        stream.extension,
+                        suffix,
+                    ),
                     started,
-                    strategy,
-                    stream.extension,
-                    suffix,
                 )
 
             names, stored = write_backup_object(
@@ -509,8 +513,12 @@ class BackupJob:
 
             def names_for(stream: DumpStream) -> layout.BackupNames:
                 captured["stream"] = stream
-                return layout.users_backup_names(
-                    self.settings.hostname, instance.id, started, suffix
+                return unused_names(
+                    self.storage,
+                    lambda moment: layout.users_backup_names(
+                        self.settings.hostname, instance.id, moment, suffix
+                    ),
+                    started,
                 )
 
             names, stored = write_backup_object(

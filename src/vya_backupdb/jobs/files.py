@@ -21,7 +21,12 @@ from vya_backupdb.catalog import layout
 from vya_backupdb.catalog.records import BackupInfo, BackupRecord, FileInfo
 from vya_backupdb.config.models import InstanceConfig
 from vya_backupdb.errors import IntegrityError, UsageError, VyaError
-from vya_backupdb.jobs.store import StoredObject, check_checksum, open_backup_stream
+from vya_backupdb.jobs.store import (
+    StoredObject,
+    check_checksum,
+    open_backup_stream,
+    unused_names,
+)
 from vya_backupdb.pipeline.codecs import Readable, get_codec
 from vya_backupdb.pipeline.stream import HashingReader, HashingWriter
 from vya_backupdb.storage.base import Storage
@@ -102,8 +107,18 @@ def backup_files_instance(
         if effective != strategy:
             log.info("no base backup for %s: taking a full backup", strategy, extra=context)
         codec, level, threads, encryption, suffix = job.pipeline_for(instance)
-        names = layout.database_backup_names(
-            job.settings.hostname, instance.id, layout.FILES_DB, started, effective, "tar", suffix
+        names = unused_names(
+            job.storage,
+            lambda moment: layout.database_backup_names(
+                job.settings.hostname,
+                instance.id,
+                layout.FILES_DB,
+                moment,
+                effective,
+                "tar",
+                suffix,
+            ),
+            started,
         )
         manifest_codec = get_codec(MANIFEST_CODEC)
         with contextlib.ExitStack() as stack:

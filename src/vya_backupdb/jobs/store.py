@@ -12,12 +12,13 @@ import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from vya_backupdb.catalog import layout
 from vya_backupdb.catalog.catalog import read_text, write_text
 from vya_backupdb.catalog.records import BackupRecord
-from vya_backupdb.errors import CredentialError, IntegrityError
+from vya_backupdb.errors import CredentialError, IntegrityError, StorageError
 from vya_backupdb.pipeline.codecs import Codec, Readable, get_codec
 from vya_backupdb.pipeline.stream import CountingReader, HashingReader, HashingWriter, pump
 from vya_backupdb.storage.base import Storage
@@ -70,6 +71,19 @@ class StoredObject:
     sha256: str
     #: What the record keeps about the encryption (public recipients), None when not encrypted.
     encryption: dict[str, Any] | None = None
+
+
+def unused_names(
+    storage: Storage, make: Callable[[datetime], layout.BackupNames], moment: datetime
+) -> layout.BackupNames:
+    """Return the names for ``moment``, moved on by whole seconds while a backup already has
+    them: names have second resolution, and a second backup of the same database in the same
+    second must never replace the first."""
+    for step in range(3600):
+        names = make(moment + timedelta(seconds=step))
+        if not storage.exists(names.metadata) and not storage.exists(names.data):
+            return names
+    raise StorageError(f"no free backup name near {names.stem}")  # pragma: no cover
 
 
 def write_backup_object(
