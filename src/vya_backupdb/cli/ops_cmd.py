@@ -21,6 +21,7 @@ from vya_backupdb.errors import UsageError
 
 if TYPE_CHECKING:
     from vya_backupdb.config.loader import LoadedConfig
+    from vya_backupdb.config.ops import ScheduleConfig
     from vya_backupdb.jobs.scheduled import ScheduledOutcome
 
 
@@ -227,6 +228,25 @@ def _selected(loaded: LoadedConfig, names: list[str] | None) -> list[object]:
     return [by_name[n] for n in names]
 
 
+def _schedule_targets(
+    ctx: typer.Context,
+    names: list[str] | None,
+    systemd: bool,
+    cron: bool,
+    executable: Path | None,
+) -> tuple[AppContext, Path, Path, list[ScheduleConfig]]:
+    """Return (app state, vya executable, config path, selected schedules) for generate and
+    install; raise UsageError unless exactly one of --systemd / --cron is given."""
+    from vya_backupdb.config.ops import ScheduleConfig
+
+    if systemd == cron:
+        raise UsageError("choose one of --systemd or --cron")
+    state = get_app(ctx)
+    loaded = state.loaded()
+    schedules = [s for s in _selected(loaded, names) if isinstance(s, ScheduleConfig)]
+    return state, _executable(executable), _config_path(loaded), schedules
+
+
 def _config_path(loaded: LoadedConfig) -> Path:
     if loaded.path is None:
         raise UsageError(
@@ -253,15 +273,9 @@ def schedule_generate(
     ] = None,
 ) -> None:
     """Print (or write to --output DIR) the timers or crontab lines; installs nothing."""
-    from vya_backupdb.config.ops import ScheduleConfig
     from vya_backupdb.jobs import schedule_install as si
 
-    if systemd == cron:
-        raise UsageError("choose one of --systemd or --cron")
-    state = get_app(ctx)
-    loaded = state.loaded()
-    exe, config = _executable(executable), _config_path(loaded)
-    schedules = [s for s in _selected(loaded, names) if isinstance(s, ScheduleConfig)]
+    state, exe, config, schedules = _schedule_targets(ctx, names, systemd, cron, executable)
     if systemd:
         units = [si.systemd_units(s, exe, config) for s in schedules]
         if output is not None:
@@ -303,15 +317,9 @@ def schedule_install(
     ] = None,
 ) -> None:
     """Install the timers (and enable them) or the crontab entries; idempotent."""
-    from vya_backupdb.config.ops import ScheduleConfig
     from vya_backupdb.jobs import schedule_install as si
 
-    if systemd == cron:
-        raise UsageError("choose one of --systemd or --cron")
-    state = get_app(ctx)
-    loaded = state.loaded()
-    exe, config = _executable(executable), _config_path(loaded)
-    schedules = [s for s in _selected(loaded, names) if isinstance(s, ScheduleConfig)]
+    state, exe, config, schedules = _schedule_targets(ctx, names, systemd, cron, executable)
     if systemd:
         directory = unit_dir or _default_unit_dir(user)
         units = [si.systemd_units(s, exe, config) for s in schedules]

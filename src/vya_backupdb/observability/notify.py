@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from vya_backupdb import __version__
 from vya_backupdb.config.ops import (
@@ -32,6 +32,7 @@ from vya_backupdb.config.ops import (
     NotificationConfig,
     SlackNotification,
     WebhookNotification,
+    _NotificationBase,
 )
 from vya_backupdb.errors import CredentialError, UsageError, VyaError
 from vya_backupdb.secrets.redaction import redact, register_secret
@@ -269,13 +270,20 @@ def _post_json(
         raise VyaError(f"cannot reach the endpoint: {reason}") from None
 
 
-class EmailChannel:
-    def __init__(self, label: str, config: EmailNotification, env: _Env):
+C = TypeVar("C", bound=_NotificationBase)
+
+
+class _ChannelBase(Generic[C]):
+    """What every channel keeps: its label, its config, the environment, its events."""
+
+    def __init__(self, label: str, config: C, env: _Env):
         self.label = label
         self.config = config
         self.env = env
         self.on: Sequence[str] = config.on
 
+
+class EmailChannel(_ChannelBase[EmailNotification]):
     def message(self, payload: Mapping[str, Any]) -> EmailMessage:
         """Return the email (plain + HTML, log attached on failure) for ``payload``."""
         cfg = self.config
@@ -318,13 +326,7 @@ class EmailChannel:
             client.send_message(msg)
 
 
-class SlackChannel:
-    def __init__(self, label: str, config: SlackNotification, env: _Env):
-        self.label = label
-        self.config = config
-        self.env = env
-        self.on: Sequence[str] = config.on
-
+class SlackChannel(_ChannelBase[SlackNotification]):
     @staticmethod
     def body(payload: Mapping[str, Any]) -> dict[str, Any]:
         """Return the Slack message: a headline and one line per database."""
@@ -356,13 +358,7 @@ class SlackChannel:
         _post_json(url, self.body(payload), {}, cfg.timeout_seconds)
 
 
-class WebhookChannel:
-    def __init__(self, label: str, config: WebhookNotification, env: _Env):
-        self.label = label
-        self.config = config
-        self.env = env
-        self.on: Sequence[str] = config.on
-
+class WebhookChannel(_ChannelBase[WebhookNotification]):
     def deliver(self, payload: Mapping[str, Any]) -> None:
         cfg = self.config
         url = cfg.url if cfg.url is not None else self.env.variable(self.label, str(cfg.url_env))
@@ -372,13 +368,7 @@ class WebhookChannel:
         _post_json(url, payload, headers, cfg.timeout_seconds)
 
 
-class AppriseChannel:
-    def __init__(self, label: str, config: AppriseNotification, env: _Env):
-        self.label = label
-        self.config = config
-        self.env = env
-        self.on: Sequence[str] = config.on
-
+class AppriseChannel(_ChannelBase[AppriseNotification]):
     def deliver(self, payload: Mapping[str, Any]) -> None:
         cfg = self.config
         url = cfg.url if cfg.url is not None else self.env.variable(self.label, str(cfg.url_env))
