@@ -8,14 +8,16 @@ cd "$(dirname "$0")/.."
 # Debian packages: the database servers (for the integration tests and the demo), their
 # client/dump tools, compressors and sqlite3.
 DEB_PACKAGES=(postgresql postgresql-client mariadb-server mariadb-client sqlite3 zstd gzip
-              bzip2 xz-utils lz4 python3-venv age openssh-server openssh-client prometheus-pushgateway)
+              bzip2 xz-utils lz4 pigz python3-venv age openssh-server openssh-client prometheus-pushgateway
+              mydumper nodejs npm)
 # command -> package that provides it
 declare -A NEED=(
   [pg_dump]=postgresql-client [psql]=postgresql-client [initdb]=postgresql
   [mariadbd]=mariadb-server [mariadb-install-db]=mariadb-server [mariadb-dump]=mariadb-client
   [mariadb]=mariadb-client [sqlite3]=sqlite3 [zstd]=zstd [lz4]=lz4 [xz]=xz-utils [bzip2]=bzip2
   [age]=age [age-keygen]=age [sshd]=openssh-server [ssh-keygen]=openssh-client
-  [prometheus-pushgateway]=prometheus-pushgateway
+  [prometheus-pushgateway]=prometheus-pushgateway [pigz]=pigz [mydumper]=mydumper
+  [myloader]=mydumper [node]=nodejs [npm]=npm
 )
 have() {
   command -v "$1" >/dev/null 2>&1 && return 0
@@ -59,4 +61,16 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   fi
   rm -f "$log"
   touch "$stamp"
+fi
+
+# Azurite (Microsoft's Azure Storage emulator, from the npm registry) for the Azure Blob tests:
+# installed into .cache/azurite inside the project, never globally.
+azurite_dir=.cache/azurite
+if [ ! -x "$azurite_dir/node_modules/.bin/azurite-blob" ]; then
+  echo "bootstrap: installing Azurite (npm) into $azurite_dir"
+  mkdir -p "$azurite_dir"
+  if ! npm install --silent --no-audit --no-fund --prefix "$azurite_dir" azurite@3 >/dev/null 2>&1; then
+    echo "bootstrap: npm install azurite failed; the Azure tests need it" >&2
+    exit 1
+  fi
 fi
