@@ -68,6 +68,7 @@ def test_pg_backup_then_restore_to_new_name_is_exact(
         code, out = _vya(config, "restore", "pg", "-d", source, "--latest", "--target", target)
         assert code == 0, out
         assert "row counts match" in out
+        assert "2 data worker(s) reading their own streams (no spool)" in " ".join(out.split())
         assert compare_databases(pg_server, source, pg_server, target) == []
     finally:
         pg_server.drop_db(target)
@@ -349,3 +350,35 @@ def test_pg_restore_list_and_restore_by_file(
     code, out = _vya(config, "restore", "pg", "-d", source, "--at", "yesterday-ish")
     assert code == 2
     assert "cannot read the time" in out
+
+
+def test_pg_parallel_restore_of_an_encrypted_backup_streams_and_is_exact(
+    pg_server: PgServer, tmp_path: Path, source: str
+) -> None:
+    """restore --jobs 2 of an encrypted, zstd-compressed custom dump: the data workers read
+    their own decrypted streams of the stored object (no spool), and the copy is exact."""
+    from vya_backupdb.pipeline.encryption import generate_identity, write_identity_file
+
+    secret, public = generate_identity()
+    key = tmp_path / "age.key"
+    write_identity_file(key, secret, public)
+    config = _write_config(
+        tmp_path,
+        [pg_server.instance_config("pg", databases=[source])],
+        encryption={"recipients": [public], "identity_file": str(key)},
+    )
+    code, out = _vya(config, "backup", "pg", "--no-users")
+    assert code == 0, out
+    target = "parallel «ünï» copy"
+    pg_server.drop_db(target)
+    try:
+        code, out = _vya(
+            config, "restore", "pg", "-d", source, "--latest", "--target", target,
+            "--jobs", "2", "--mode", "fast", "-y",
+        )  # fmt: skip
+        assert code == 0, out
+        assert "row counts match" in out
+        assert "2 data worker(s) reading their own streams (no spool)" in " ".join(out.split())
+        assert compare_databases(pg_server, source, pg_server, target) == []
+    finally:
+        pg_server.drop_db(target)

@@ -7,11 +7,12 @@ and compares source and copy exactly (tests/integration/pg_compare.py).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pytest
 from pg_compare import compare_databases, role_snapshot, table_digests
@@ -19,7 +20,13 @@ from pg_compare import compare_databases, role_snapshot, table_digests
 from harness.postgres import PgServer
 from vya_backupdb.engines.base import RestoreOptions
 from vya_backupdb.engines.postgresql import PostgresEngine
-from vya_backupdb.errors import BackupFailed, ConnectionFailed, NotFoundError
+from vya_backupdb.errors import (
+    BackupFailed,
+    ConnectionFailed,
+    IntegrityError,
+    NotFoundError,
+    RestoreFailed,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
@@ -73,6 +80,23 @@ def _dump_to_file(engine: PostgresEngine, db: str, path: Path) -> dict[str, Any]
         while chunk := stream.read(1 << 16):
             out.write(chunk)
     return {"extension": stream.extension, "command": stream.command, "tool": stream.tool}
+
+
+class _Reopener:
+    """``RestoreOptions.reopen`` over a dump file: counts the extra streams opened."""
+
+    def __init__(self, path: Path, fail: bool = False):
+        self.path = path
+        self.fail = fail
+        self.opened = 0
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[BinaryIO]:
+        self.opened += 1
+        if self.fail:
+            raise IntegrityError("reopened stream is damaged")
+        with self.path.open("rb") as handle:
+            yield handle
 
 
 def _restore_file(engine: PostgresEngine, db: str, path: Path, options: RestoreOptions) -> None:
@@ -487,12 +511,21 @@ def test_postgres_engine_pagila_round_trip_is_exact(pg_server: PgServer, tmp_pat
         engine = _engine(pg_server)
         dump_file = tmp_path / "pagila.dump"
         _dump_to_file(engine, "pagila", dump_file)
+        # Parallel restore from streams (no spool): the schema, then the data shared by two
+        # pg_restore workers each reading its own stream, then indexes/constraints/ACLs.
+        reopen = _Reopener(dump_file)
         _restore_file(
             engine,
             target,
             dump_file,
-            RestoreOptions(database_properties=engine.database_properties("pagila")),
+            RestoreOptions(
+                database_properties=engine.database_properties("pagila"),
+                jobs=2,
+                reopen=reopen,
+                table_weights=engine.table_stats("pagila"),
+            ),
         )
+        assert reopen.opened == 1  # the second worker's stream: the streamed path was taken
         assert compare_databases(pg_server, "pagila", pg_server, target) == []
         assert engine.table_stats(target)["public.rental"] == 16044
     finally:
@@ -547,3 +580,92 @@ def test_postgres_engine_restore_with_owner_reassigns_ownership(
     finally:
         pg_server.drop_db(source)
         pg_server.drop_db(target)
+
+
+def test_postgres_engine_parallel_restore_streams_without_spool_and_is_exact(
+    pg_server: PgServer, tricky_db: str, tmp_path: Path
+) -> None:
+    """jobs > 1 on a custom dump: each data worker reads its own stream (reopen), nothing is
+    spooled, and the copy is exact — large objects, sequences, ACLs, comments included."""
+    engine = _engine(pg_server, jobs=2)
+    dump_file = tmp_path / "tricky.dump"
+    _dump_to_file(engine, tricky_db, dump_file)
+    target = "parallel streamed «ünï»"
+    pg_server.drop_db(target)
+    reopen = _Reopener(dump_file)
+    try:
+        _restore_file(
+            engine,
+            target,
+            dump_file,
+            RestoreOptions(
+                database_properties=engine.database_properties(tricky_db),
+                source_version_num=engine.version_num,
+                jobs=3,
+                reopen=reopen,
+                table_weights=engine.table_stats(tricky_db),
+            ),
+        )
+        assert reopen.opened == 2
+        assert compare_databases(pg_server, tricky_db, pg_server, target) == []
+    finally:
+        pg_server.drop_db(target)
+
+
+def test_postgres_engine_parallel_restore_worker_failure_fails_and_drops_the_new_db(
+    pg_server: PgServer, tricky_db: str, tmp_path: Path
+) -> None:
+    engine = _engine(pg_server)
+    dump_file = tmp_path / "tricky.dump"
+    _dump_to_file(engine, tricky_db, dump_file)
+    target = "parallel failing"
+    pg_server.drop_db(target)
+    with pytest.raises(IntegrityError, match="damaged"):
+        _restore_file(
+            engine,
+            target,
+            dump_file,
+            RestoreOptions(jobs=2, reopen=_Reopener(dump_file, fail=True)),
+        )
+    assert not engine.database_exists(target)
+
+
+def test_postgres_engine_parallel_restore_of_a_pg_dump_compressed_archive_spools(
+    pg_server: PgServer, tricky_db: str, tmp_path: Path
+) -> None:
+    """An archive compressed by pg_dump itself (dump_options: --compress=6) cannot be read
+    from streams: the engine falls back to spooling it, losing none of the bytes read."""
+    engine = _engine(pg_server, dump_options=["--compress=6"])
+    dump_file = tmp_path / "compressed.dump"
+    _dump_to_file(engine, tricky_db, dump_file)
+    target = "parallel from spool"
+    pg_server.drop_db(target)
+    reopen = _Reopener(dump_file)
+    try:
+        _restore_file(
+            engine,
+            target,
+            dump_file,
+            RestoreOptions(
+                database_properties=engine.database_properties(tricky_db),
+                source_version_num=engine.version_num,
+                jobs=2,
+                reopen=reopen,
+            ),
+        )
+        assert reopen.opened == 0
+        assert compare_databases(pg_server, tricky_db, pg_server, target) == []
+    finally:
+        pg_server.drop_db(target)
+
+
+def test_postgres_engine_restore_of_a_damaged_archive_fails_cleanly(
+    pg_server: PgServer, tmp_path: Path
+) -> None:
+    engine = _engine(pg_server)
+    junk = tmp_path / "junk.dump"
+    junk.write_bytes(b"PGDMP\x01\x0e\x00" + b"\x00" * 10)
+    pg_server.drop_db("from junk")
+    with pytest.raises(RestoreFailed):
+        _restore_file(engine, "from junk", junk, RestoreOptions(jobs=2, reopen=_Reopener(junk)))
+    assert not engine.database_exists("from junk")

@@ -6,7 +6,7 @@ Engines turn a database into a byte stream (``dump``) and a byte stream back int
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -59,6 +59,13 @@ class RestoreOptions:
     #: used to create a missing target database faithfully.
     database_properties: dict[str, Any] = field(default_factory=dict)
     source_version_num: int | None = None
+    #: Opens another, independent stream of the same backup (checksummed, decrypted,
+    #: decompressed), so an engine can read it several times in parallel instead of
+    #: spooling it to disk. None when the caller cannot (the engine spools then).
+    reopen: Callable[[], AbstractContextManager[Readable]] | None = None
+    #: Rows (or bytes) per table, ``schema.table``, from the backup's record: weights for
+    #: sharing the tables among parallel restore workers.
+    table_weights: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import re
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +44,13 @@ from vya_backupdb.engines.base import (
     ServerInfo,
     UserInfo,
     UserSelection,
+)
+from vya_backupdb.engines.pg_archive import (
+    ArchiveToc,
+    UnsupportedArchive,
+    plan_parallel_restore,
+    read_toc,
+    render_list,
 )
 from vya_backupdb.engines.pg_compat import FilteredReader, PlainDumpFilter
 from vya_backupdb.engines.process import (
@@ -62,6 +71,8 @@ from vya_backupdb.errors import (
     RestoreFailed,
     VyaError,
 )
+
+log = logging.getLogger("vya_backupdb.engines.postgresql")
 
 PG_CLIENT_PACKAGE = "postgresql-client"
 APP_NAME = "vya-backupdb"
@@ -765,13 +776,95 @@ class PostgresEngine:
             )
             feed(command, stream, RestoreFailed, stdout_tail=False)
             return
-        # pg_restore --jobs and --use-list need a seekable archive: spool it (disk, not memory).
         with tempfile.TemporaryDirectory(prefix="vya-pgrestore-") as tmp:
+            if not options.tables and options.reopen is not None:
+                try:
+                    toc = read_toc(stream)
+                except UnsupportedArchive as exc:
+                    log.info("parallel restore from streams not possible (%s): spooling", exc)
+                    stream = _Prefixed(exc.consumed, stream)
+                else:
+                    self._restore_custom_streamed(db, toc, stream, options, Path(tmp))
+                    return
+            # pg_restore --jobs and --use-list need a seekable archive: spool it (disk).
             archive = Path(tmp) / "archive.dump"
             with archive.open("wb") as handle:
                 while chunk := stream.read(COPY_CHUNK):
                     handle.write(chunk)
             self._pg_restore_path(db, archive, options, created, Path(tmp))
+
+    def _restore_custom_streamed(
+        self, db: str, toc: ArchiveToc, stream: Readable, options: RestoreOptions, tmp: Path
+    ) -> None:
+        """Restore in parallel with no spool (see engines/pg_archive.py): the schema from the
+        TOC, the data by one ``pg_restore --use-list`` per worker reading its own stream of
+        the backup, then indexes, constraints and ACLs with ``pg_restore --jobs``."""
+        assert options.reopen is not None
+        reopen = options.reopen
+        pg_restore = self._tool("pg_restore")
+        archive = tmp / "toc.dump"
+        archive.write_bytes(toc.prefix)
+        plan = plan_parallel_restore(toc.entries, options.jobs, options.table_weights)
+        log.info(
+            "parallel restore of %s: %d data worker(s) reading their own streams (no spool), "
+            "then indexes and constraints with --jobs %d",
+            db,
+            len(plan.data),
+            options.jobs,
+        )
+
+        def command(name: str, ids: Sequence[int], jobs: int, source: Path | None) -> Command:
+            list_file = tmp / name
+            list_file.write_text(render_list(ids), encoding="utf-8")
+            return make_pg_restore_command(
+                pg_restore, self.instance, self._password, db, source=source,
+                jobs=jobs, list_file=list_file, owner=options.owner,
+            )  # fmt: skip
+
+        if plan.schema:
+            feed(command("schema.list", plan.schema, 1, archive), None, RestoreFailed,
+                 stdout_tail=False)  # fmt: skip
+        cancelled = threading.Event()
+        errors: list[BaseException] = []
+
+        def load(index: int, source: Readable) -> None:
+            feed(
+                command(f"data{index}.list", plan.data[index], 1, None),
+                _Cancellable(source, cancelled),
+                RestoreFailed,
+                stdout_tail=False,
+                may_stop_reading=True,
+            )
+
+        def worker(index: int) -> None:
+            try:
+                with reopen() as source:
+                    load(index, source)
+            except BaseException as exc:
+                errors.append(exc)
+                cancelled.set()
+
+        threads = [
+            threading.Thread(target=worker, args=(i,), name=f"pg-restore-data-{i}", daemon=True)
+            for i in range(1, len(plan.data))
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            if plan.data:
+                load(0, _Prefixed(toc.prefix + toc.rest, stream))
+        except BaseException as exc:
+            errors.insert(0, exc)
+            cancelled.set()
+        finally:
+            for thread in threads:
+                thread.join()
+        if errors:
+            # The cause, not the "stopped" of the workers it stopped.
+            raise next((e for e in errors if not isinstance(e, _Stopped)), errors[0])
+        if plan.post:
+            feed(command("post.list", plan.post, options.jobs, archive), None, RestoreFailed,
+                 stdout_tail=False)  # fmt: skip
 
     def _restore_directory(
         self, db: str, stream: Readable, options: RestoreOptions, created: bool
@@ -1044,6 +1137,24 @@ class PostgresEngine:
                             "transaction). Exclude the offending role with --exclude-user.",
                         ) from None
         return plan.applied
+
+
+class _Stopped(RestoreFailed):
+    """A parallel restore worker stopped because another one failed."""
+
+
+class _Cancellable:
+    """A Readable that stops (raises RestoreFailed) once ``event`` is set: a failed parallel
+    worker stops the others instead of letting them load into a database being dropped."""
+
+    def __init__(self, source: Readable, event: threading.Event):
+        self._source = source
+        self._event = event
+
+    def read(self, size: int = -1, /) -> bytes:
+        if self._event.is_set():
+            raise _Stopped("stopped: another restore worker failed")
+        return self._source.read(size)
 
 
 class _Prefixed:

@@ -260,10 +260,13 @@ def feed(
     error_cls: type[VyaError],
     *,
     stdout_tail: bool = True,
+    may_stop_reading: bool = False,
 ) -> str:
     """Run ``command`` with ``source`` streamed to its stdin; return the stdout tail.
 
-    Raise ``error_cls`` with the stderr tail when the tool fails (or stops reading early).
+    Raise ``error_cls`` with the stderr tail when the tool fails, or when it stops reading
+    early — unless ``may_stop_reading`` (a tool that reads only what it needs, such as
+    ``pg_restore --use-list`` on a pipe) and it then exits 0.
     """
     out_file = tempfile.TemporaryFile()  # noqa: SIM115 - closed below; bounded by tool output
     proc = _spawn(command, subprocess.PIPE if source is not None else subprocess.DEVNULL, out_file)
@@ -295,7 +298,7 @@ def feed(
     out_file.seek(max(0, size - 8192))
     tail = mask(out_file.read().decode("utf-8", errors="replace"), command.secrets)
     out_file.close()
-    if returncode != 0 or broken:
+    if returncode != 0 or (broken and not may_stop_reading):
         err = collector.tail() or tail
         raise _failure(error_cls, command, returncode if returncode else 1, err)
     return tail if stdout_tail else ""

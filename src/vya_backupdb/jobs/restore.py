@@ -284,6 +284,9 @@ class RestoreJob:
             format=record.backup_info.dump_format or "custom",
             database_properties=dict(extra.get("database_properties", {})),
             source_version_num=extra.get("server_version_num"),
+            # Parallel workers read their own streams of the backup (no spool to disk).
+            reopen=lambda: open_backup_stream(self.storage, record),
+            table_weights=dict(record.stats.get("tables", {})),
         )
 
     def _restore_into(
