@@ -20,7 +20,13 @@ from vya_backupdb.catalog.catalog import read_text, write_text
 from vya_backupdb.catalog.records import BackupRecord
 from vya_backupdb.errors import CredentialError, IntegrityError, StorageError
 from vya_backupdb.pipeline.codecs import Codec, Readable, get_codec
-from vya_backupdb.pipeline.stream import CountingReader, HashingReader, HashingWriter, pump
+from vya_backupdb.pipeline.stream import (
+    CountingReader,
+    HashingReader,
+    HashingWriter,
+    ReadAhead,
+    pump,
+)
 from vya_backupdb.storage.base import Storage
 
 if TYPE_CHECKING:
@@ -236,8 +242,14 @@ def open_backup_stream(
         if record.file_info.encryption:
             counted = decrypt_stream(counted, record, identities)
         reader = codec.reader(counted)
+        # Decompress/decrypt on a thread of its own, overlapping the consumer's writes.
+        ahead = ReadAhead(reader) if codec.name != "none" or record.file_info.encryption else None
         try:
-            yield _TranslatingReader(reader, record.file_info.name)
+            try:
+                yield _TranslatingReader(ahead or reader, record.file_info.name)
+            finally:
+                if ahead is not None:
+                    ahead.close()
         except EOFError as exc:
             raise IntegrityError(f"{record.file_info.name}: {exc}") from None
         # Drain what the consumer left (e.g. tar padding) so the hash covers the whole object.

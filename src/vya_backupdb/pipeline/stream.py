@@ -6,7 +6,10 @@ Restore direction: storage reader → hash+count(stored) → decompress → coun
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import queue
+import threading
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -102,3 +105,62 @@ def sha256_of(source: Readable) -> tuple[str, int]:
     while reader.read(CHUNK):
         pass
     return reader.sha256, reader.bytes
+
+
+class ReadAhead:
+    """Read ``source`` on a background thread, up to ``depth`` chunks ahead of the consumer.
+
+    Decompression and decryption then overlap with what the consumer does with the bytes
+    (writing them to a restore tool's stdin): both release the GIL in their C code. Memory
+    stays bounded (``depth`` × ``chunk``). An exception of the source is raised, unchanged,
+    by the consumer's next ``read``. ``close`` stops the thread; call it before touching
+    ``source`` again.
+    """
+
+    def __init__(self, source: Readable, chunk: int = CHUNK, depth: int = 4):
+        self._source = source
+        self._chunk = chunk
+        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._pending = b""
+        self._eof = False
+        self._thread = threading.Thread(target=self._run, name="read-ahead", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        item: bytes | BaseException
+        while not self._stop.is_set():
+            try:
+                item = self._source.read(self._chunk)
+            except BaseException as exc:  # handed to the consumer, raised there
+                item = exc
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if not isinstance(item, bytes) or not item:
+                return
+
+    def read(self, size: int = -1, /) -> bytes:
+        if not self._pending and not self._eof:
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                self._eof = True
+                raise item
+            if not item:
+                self._eof = True
+            self._pending = item
+        if size is None or size < 0 or size >= len(self._pending):
+            out, self._pending = self._pending, b""
+            return out
+        out, self._pending = self._pending[:size], self._pending[size:]
+        return out
+
+    def close(self) -> None:
+        self._stop.set()
+        while self._thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                self._queue.get(timeout=0.05)
+        self._thread.join()
