@@ -10,7 +10,14 @@ import subprocess
 import pytest
 
 from vya_backupdb.config.models import CompressionConfig
-from vya_backupdb.pipeline.codecs import CODECS, codec_for, codec_from_suffix, get_codec
+from vya_backupdb.errors import BackupFailed
+from vya_backupdb.pipeline.codecs import (
+    CODECS,
+    aborting,
+    codec_for,
+    codec_from_suffix,
+    get_codec,
+)
 from vya_backupdb.pipeline.stream import CountingReader, HashingReader, HashingWriter, pump
 
 pytestmark = pytest.mark.unit
@@ -28,18 +35,19 @@ STANDARD_TOOL = {
 }
 
 
-def _compress(name: str, data: bytes, level: int | None = None) -> bytes:
+def _compress(name: str, data: bytes, level: int | None = None, threads: int = 2) -> bytes:
     sink = io.BytesIO()
-    writer = get_codec(name).writer(sink, level, threads=2)
+    writer = get_codec(name).writer(sink, level, threads=threads)
     for start in range(0, len(data), 65536):  # many small writes, as a dump arrives
         writer.write(data[start : start + 65536])
     writer.close()
     return sink.getvalue()
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("name", sorted(CODECS))
-def test_codec_round_trip_restores_every_byte(name: str) -> None:
-    compressed = _compress(name, PAYLOAD)
+def test_codec_round_trip_restores_every_byte(name: str, threads: int) -> None:
+    compressed = _compress(name, PAYLOAD, threads=threads)
     reader = get_codec(name).reader(io.BytesIO(compressed))
     out = io.BytesIO()
     pump(reader, out, chunk=7777)
@@ -110,3 +118,42 @@ def test_counting_reader_reports_progress_until_eof() -> None:
         pass
     assert seen[-1] == len(PAYLOAD)
     assert seen == sorted(seen)
+
+
+def _need(tool: str) -> None:
+    if shutil.which(tool) is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{tool} missing in CI (scripts/bootstrap.sh installs it)")
+        pytest.skip(f"{tool} not installed")
+
+
+@pytest.mark.parametrize(("name", "tool"), [("gzip", "pigz"), ("xz", "xz")])
+def test_codec_with_threads_compresses_through_the_parallel_tool(name: str, tool: str) -> None:
+    _need(tool)
+    writer = get_codec(name).writer(io.BytesIO(), 6, threads=2)
+    assert type(writer).__name__ == "_ToolWriter"
+    writer.abort()  # type: ignore[attr-defined]
+    single = get_codec(name).writer(io.BytesIO(), 6, threads=1)
+    assert type(single).__name__ == "_IncrementalWriter"
+
+
+def test_codec_tool_dying_mid_stream_is_a_backup_failure() -> None:
+    _need("pigz")
+    writer = get_codec("gzip").writer(io.BytesIO(), 6, threads=2)
+    writer.write(PAYLOAD[:1000])
+    writer._proc.kill()  # type: ignore[attr-defined]
+    writer._proc.wait()  # type: ignore[attr-defined]
+    with pytest.raises(BackupFailed, match="compressor pigz failed"):
+        for _ in range(64):  # the pipe buffer absorbs the first writes
+            writer.write(PAYLOAD)
+        writer.close()
+
+
+def test_codec_aborting_kills_the_tool_when_the_backup_fails() -> None:
+    _need("xz")
+    sink = io.BytesIO()
+    with pytest.raises(RuntimeError), aborting(get_codec("xz").writer(sink, 6, 2)) as writer:
+        writer.write(PAYLOAD)
+        raise RuntimeError("dump died")
+    assert writer._proc.poll() is not None  # type: ignore[attr-defined]
+    writer.close()  # closing after an abort is a no-op

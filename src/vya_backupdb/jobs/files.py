@@ -27,7 +27,7 @@ from vya_backupdb.jobs.store import (
     open_backup_stream,
     unused_names,
 )
-from vya_backupdb.pipeline.codecs import Readable, get_codec
+from vya_backupdb.pipeline.codecs import Readable, aborting, get_codec
 from vya_backupdb.pipeline.stream import HashingReader, HashingWriter
 from vya_backupdb.storage.base import Storage
 
@@ -130,7 +130,9 @@ def backup_files_instance(
             # Encrypt after compressing, the manifest too: file names can be sensitive.
             data_crypt = encryption.writer(data_hash) if encryption else None
             manifest_crypt = encryption.writer(manifest_hash) if encryption else None
-            data_writer = codec.writer(data_crypt or data_hash, level, threads)
+            data_writer = stack.enter_context(
+                aborting(codec.writer(data_crypt or data_hash, level, threads))
+            )
             manifest_writer = manifest_codec.writer(manifest_crypt or manifest_hash, 3, 1)
             raw = _CountingWriter(data_writer)
             result = engine.archive(

@@ -19,7 +19,7 @@ from vya_backupdb.catalog import layout
 from vya_backupdb.catalog.catalog import read_text, write_text
 from vya_backupdb.catalog.records import BackupRecord
 from vya_backupdb.errors import CredentialError, IntegrityError, StorageError
-from vya_backupdb.pipeline.codecs import Codec, Readable, get_codec
+from vya_backupdb.pipeline.codecs import Codec, Readable, aborting, get_codec
 from vya_backupdb.pipeline.stream import (
     CountingReader,
     HashingReader,
@@ -119,9 +119,9 @@ def write_backup_object(
             hasher = HashingWriter(sink)
             # Encrypt after compressing (ciphertext does not compress); hash what is stored.
             encryptor = encryption.writer(hasher) if encryption is not None else None
-            compressor = codec.writer(encryptor or hasher, level, threads)
-            raw = pump(CountingReader(source, progress), compressor)
-            compressor.close()
+            with aborting(codec.writer(encryptor or hasher, level, threads)) as compressor:
+                raw = pump(CountingReader(source, progress), compressor)
+                compressor.close()
             if encryptor is not None:
                 encryptor.close()
             source_open = False

@@ -9,18 +9,26 @@ concurrently with the dump tool that feeds us.
 from __future__ import annotations
 
 import bz2
+import contextlib
+import logging
 import lzma
 import os
+import shutil
+import subprocess
+import tempfile
+import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
 import zstandard
 
 from vya_backupdb.config.models import CompressionConfig
+from vya_backupdb.errors import BackupFailed
 
 CHUNK = 1024 * 1024
+log = logging.getLogger("vya_backupdb.pipeline")
 
 
 class Readable(Protocol):
@@ -153,7 +161,98 @@ class _IncrementalReader:
         return out
 
 
+class _ToolWriter:
+    """Compress through an external multithreaded tool (pigz, ``xz -T``): our writes go to
+    its stdin; a thread moves its stdout into ``sink``. ``close`` waits for the tool and
+    checks its exit status; ``abort`` kills it (the backup failed: the output is dropped)."""
+
+    def __init__(self, sink: Writable, argv: list[str]):
+        self._sink = sink
+        self._name = os.path.basename(argv[0])
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close/abort
+        self._proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr
+        )
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._drain, name=f"{self._name}-out", daemon=True)
+        self._thread.start()
+        self._closed = False
+
+    def _drain(self) -> None:
+        assert self._proc.stdout is not None
+        try:
+            while data := self._proc.stdout.read(CHUNK):
+                self._sink.write(data)
+        except BaseException as exc:  # re-raised by write/close on the caller's thread
+            self._error = exc
+            self._proc.kill()
+
+    def _failure(self, detail: str) -> BackupFailed:
+        self._stderr.seek(0)
+        message = self._stderr.read().decode("utf-8", "replace").strip()
+        return BackupFailed(
+            f"compressor {self._name} failed ({detail})",
+            hint="Set compression.threads: 1 to compress in-process, or check the tool.",
+            details=message[-2000:] or None,
+        )
+
+    def write(self, data: bytes, /) -> int:
+        assert self._proc.stdin is not None
+        if self._error is not None:
+            raise self._error
+        try:
+            self._proc.stdin.write(data)
+        except BrokenPipeError:
+            self._thread.join()
+            if self._error is not None:
+                raise self._error from None
+            raise self._failure(f"exit status {self._proc.wait()}") from None
+        return len(data)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        assert self._proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError):
+            self._proc.stdin.close()
+        self._thread.join()
+        returncode = self._proc.wait()
+        try:
+            if self._error is not None:
+                raise self._error
+            if returncode != 0:
+                raise self._failure(f"exit status {returncode}")
+        finally:
+            self._stderr.close()
+
+    def abort(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._proc.kill()
+        with contextlib.suppress(OSError):
+            assert self._proc.stdin is not None
+            self._proc.stdin.close()
+        self._thread.join()
+        self._proc.wait()
+        self._stderr.close()
+
+
+def _parallel_tool(name: str, threads: int) -> str | None:
+    """Return the path of ``name`` when more than one thread is wanted and it is installed."""
+    if _threads(threads) <= 1:
+        return None
+    path = shutil.which(name)
+    if path is None:
+        log.debug("%s is not installed: compressing on one thread", name)
+    return path
+
+
 def _gzip_writer(sink: Writable, level: int, threads: int) -> StreamWriter:
+    pigz = _parallel_tool("pigz", threads)
+    if pigz is not None:
+        return _ToolWriter(sink, [pigz, "-c", "-n", f"-{level}", "-p", str(_threads(threads))])
     # wbits=31: gzip container, readable by gunzip. mtime 0 keeps output reproducible.
     return _IncrementalWriter(sink, zlib.compressobj(level, zlib.DEFLATED, 31))
 
@@ -171,6 +270,9 @@ def _bz2_reader(source: Readable) -> Readable:
 
 
 def _xz_writer(sink: Writable, level: int, threads: int) -> StreamWriter:
+    xz = _parallel_tool("xz", threads)
+    if xz is not None:
+        return _ToolWriter(sink, [xz, "-c", f"-{level}", f"-T{_threads(threads)}"])
     return _IncrementalWriter(sink, lzma.LZMACompressor(format=lzma.FORMAT_XZ, preset=level))
 
 
@@ -240,6 +342,19 @@ CODECS: dict[str, Codec] = {
     "zstd": Codec("zstd", ".zst", 3, _ZstdWriter, _zstd_reader),
     "lz4": Codec("lz4", ".lz4", 1, _Lz4Writer, _lz4_reader),
 }
+
+
+@contextlib.contextmanager
+def aborting(writer: StreamWriter) -> Iterator[StreamWriter]:
+    """Yield ``writer``; if the block fails, abort it (stop a compressing child process).
+    On success the caller closes it, in the order its sinks need."""
+    try:
+        yield writer
+    except BaseException:
+        abort = getattr(writer, "abort", None)
+        if abort is not None:
+            abort()
+        raise
 
 
 def get_codec(name: str) -> Codec:
