@@ -295,3 +295,31 @@ def test_s3_verify_and_cleanup_work_directly_against_the_remote(
     assert len(remote_left) == 1
     assert len(local_left) == 2
     assert remote_left[0]["id"] == max(b["id"] for b in local_left)
+
+
+def test_s3_failed_auto_upload_exits_9_keeps_the_local_backup_and_can_be_retried(
+    tmp_path: Path,
+    s3_endpoint: str,  # noqa: F811
+) -> None:
+    """The off-site copy failing is not silent: exit 9 (storage), the run says which remote
+    missed which backup, the local backup is good, and `remote upload` catches up."""
+    create_sqlite_demo(tmp_path / "data" / "shop.db")
+    bucket = f"not-yet-{os.getpid()}-{next(_counter)}"
+    config = _config(tmp_path, s3_endpoint, bucket, auto_upload=True)
+    env = {"VYA_TEST_S3_KEY": ACCESS_KEY, "VYA_TEST_S3_SECRET": SECRET_KEY}
+    invoked = runner.invoke(app, ["--config", str(config), "backup", "lite", "--json"], env=env)
+    assert invoked.exit_code == 9, invoked.output
+    [result] = json.loads(invoked.stdout)["results"]
+    assert result["status"] == "success"
+    assert result["offsite_failed"] == ["offsite"]
+    assert "bucket does not exist" in result["warnings"][0]
+    code, out = _vya(config, "backup", "lite")
+    assert code == 9
+    assert "off-site copy to offsite failed" in out
+    assert "vya-backupdb remote upload offsite" in " ".join(out.split())
+    assert list((tmp_path / "backups").rglob("*.sqlite.zst"))  # the backups themselves exist
+
+    new_bucket(s3_endpoint, bucket)
+    code, out = _vya(config, "remote", "upload", "offsite", "--all", "--json")
+    assert code == 0, out
+    assert len(json.loads(out)["copied"]) == 2

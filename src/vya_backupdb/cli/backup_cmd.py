@@ -9,7 +9,7 @@ from rich.table import Table
 
 from vya_backupdb.cli.context import get_app, handle_errors, render_error
 from vya_backupdb.cli.render import human_bytes, human_seconds, plain_json
-from vya_backupdb.errors import BackupFailed
+from vya_backupdb.errors import StorageError
 
 
 def backup(
@@ -55,7 +55,8 @@ def backup(
     """Back up databases (one file per database) and users of the given instances.
 
     Exit status: 0 when every backup succeeded; when some failed, the exit code of their
-    error if they all failed the same way (e.g. 4 connection), else 6.
+    error if they all failed the same way (e.g. 4 connection), else 6; 9 when every backup
+    succeeded but an automatic upload to a remote (auto_upload) failed.
     """
     from vya_backupdb.jobs.backup import BackupJob, BackupRequest
 
@@ -86,9 +87,17 @@ def backup(
         for failed in run.failed:
             if failed.error is not None:
                 render_error(failed.error)
-    if run.failed:
-        codes = {r.error.exit_code for r in run.failed if r.error is not None}
-        raise typer.Exit(codes.pop() if len(codes) == 1 else BackupFailed.exit_code)
+    if run.offsite_failed and not run.failed:
+        names = ", ".join(run.offsite_failed)
+        render_error(
+            StorageError(
+                f"the backups were stored, but the off-site copy to {names} failed",
+                hint="Fix the remote (vya-backupdb remote test NAME), then copy the missing "
+                f"backups with: vya-backupdb remote upload {run.offsite_failed[0]}",
+            )
+        )
+    if run.exit_code:
+        raise typer.Exit(run.exit_code)
 
 
 def _render(console, run, dry_run: bool) -> None:  # type: ignore[no-untyped-def]

@@ -23,7 +23,7 @@ from vya_backupdb.catalog.records import BackupInfo, BackupRecord, FileInfo
 from vya_backupdb.config.models import SYSTEM_DATABASES, InstanceConfig
 from vya_backupdb.config.selection import select_databases
 from vya_backupdb.engines.base import DumpStream, Engine, ServerInfo
-from vya_backupdb.errors import BackupFailed, NotFoundError, UsageError, VyaError
+from vya_backupdb.errors import BackupFailed, NotFoundError, StorageError, UsageError, VyaError
 from vya_backupdb.jobs.store import StoredObject, unused_names, write_backup_object
 from vya_backupdb.wiring import (
     compression_for,
@@ -68,6 +68,8 @@ class DatabaseResult:
     estimated_bytes: int | None = None
     duration_seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    #: Remotes the auto-upload could not copy this backup to (the backup itself exists).
+    offsite_failed: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -84,6 +86,7 @@ class DatabaseResult:
             "error_type": type(self.error).__name__ if self.error else None,
             "stderr_tail": self.error.details if self.error else None,
             "warnings": self.warnings,
+            "offsite_failed": self.offsite_failed,
             "verification": (
                 self.record.verification.outcome
                 if self.record is not None and self.record.verification is not None
@@ -108,6 +111,22 @@ class RunResult:
     @property
     def ok(self) -> bool:
         return not self.failed
+
+    @property
+    def offsite_failed(self) -> list[str]:
+        """Remotes that missed at least one backup of this run (auto_upload)."""
+        return sorted({name for r in self.results for name in r.offsite_failed})
+
+    @property
+    def exit_code(self) -> int:
+        """0, or for failed backups their common exit code (6 when they differ), or 9
+        (storage) when every backup succeeded but an off-site copy failed, or 130."""
+        if self.failed:
+            codes = {r.error.exit_code for r in self.failed if r.error is not None}
+            return codes.pop() if len(codes) == 1 else BackupFailed.exit_code
+        if self.interrupted:
+            return 130
+        return StorageError.exit_code if self.offsite_failed else 0
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -167,8 +167,9 @@ def download(
 
 def auto_upload(loaded: LoadedConfig, storage: Storage, run: RunResult) -> None:
     """After a backup run with ``storage.auto_upload``: copy each new backup to every remote
-    other than ``storage`` itself. A failed upload is a warning on that result (the backup
-    itself exists) and an error in the log."""
+    other than ``storage`` itself. A failed upload is recorded on that result (warning,
+    ``offsite_failed``; the run then exits 9) and logged as an error; the backup itself
+    exists and ``remote upload NAME`` copies it later."""
     from vya_backupdb.wiring import make_remote_storage
 
     settings = loaded.settings
@@ -181,8 +182,10 @@ def auto_upload(loaded: LoadedConfig, storage: Storage, run: RunResult) -> None:
         try:
             target = make_remote_storage(remote, settings=settings)
         except VyaError as exc:
+            log.error("upload to %s is not possible: %s", remote.name, exc.message)
             for result in done:
                 result.warnings.append(f"upload to {remote.name} failed: {exc.message}")
+                result.offsite_failed.append(remote.name)
             continue
         if target.description == storage.description:
             continue  # keep_local: false wrote there directly
@@ -195,6 +198,7 @@ def auto_upload(loaded: LoadedConfig, storage: Storage, run: RunResult) -> None:
                     "upload of %s to %s failed: %s", result.record.id, remote.name, exc.message
                 )
                 result.warnings.append(f"upload to {remote.name} failed: {exc.message}")
+                result.offsite_failed.append(remote.name)
 
 
 # -- remote test ---------------------------------------------------------------------------------

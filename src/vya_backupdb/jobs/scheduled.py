@@ -120,16 +120,13 @@ class ScheduledOutcome:
 
     @property
     def exit_code(self) -> int:
-        """Return 0 (ran fine or nothing due), 10 (locked), 130 (stopped before the end) or
-        the failed databases' common exit code (6 when they differ)."""
+        """Return 0 (ran fine or nothing due), 10 (locked), or the run's exit code
+        (:attr:`RunResult.exit_code`: failures, 9 for a failed off-site copy, 130)."""
         if self.status == "locked":
             return LockBusy.exit_code
         if self.run is None:
             return 0
-        if self.run.failed:
-            codes = {r.error.exit_code for r in self.run.failed if r.error is not None}
-            return codes.pop() if len(codes) == 1 else 6
-        return 130 if self.run.interrupted else 0
+        return self.run.exit_code
 
     def as_dict(self) -> dict[str, Any]:
         return {
