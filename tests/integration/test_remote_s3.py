@@ -323,3 +323,21 @@ def test_s3_failed_auto_upload_exits_9_keeps_the_local_backup_and_can_be_retried
     code, out = _vya(config, "remote", "upload", "offsite", "--all", "--json")
     assert code == 0, out
     assert len(json.loads(out)["copied"]) == 2
+
+
+def test_s3_upload_and_download_report_progress_lines_when_not_a_terminal(
+    tmp_path: Path,
+    s3_endpoint: str,  # noqa: F811
+    bucket: str,
+) -> None:
+    create_sqlite_demo(tmp_path / "data" / "shop.db")
+    config = _config(tmp_path, s3_endpoint, bucket)
+    assert _vya(config, "backup", "lite", "--no-users")[0] == 0
+    env = {"VYA_TEST_S3_KEY": ACCESS_KEY, "VYA_TEST_S3_SECRET": SECRET_KEY}
+    for verb in ("upload", "download"):
+        args = ["--config", str(config), "remote", verb, "offsite", "--all", "--force"]
+        result = runner.invoke(app, [*args, "--progress-interval", "0"], env=env)
+        assert result.exit_code == 0, result.output
+        line = " ".join(result.stderr.split())
+        assert f"progress {verb} lite/shop.db:" in line
+        assert "100%" in line or "of" in line

@@ -42,6 +42,7 @@ DEFAULT_INTERVAL = 10.0
 Callback = Callable[[int], None]
 BackupProgressFactory = Callable[[str, str, int | None], Callback | None]
 VerifyProgressFactory = Callable[["BackupRecord", str], Callback | None]
+TransferProgressFactory = Callable[["BackupRecord"], Callback | None]
 
 log = logging.getLogger(LOGGER_NAME)
 
@@ -153,6 +154,16 @@ class ProgressDisplay:
             return self.track(
                 f"verify {stage}", info.instance, info.database, record.file_info.size
             )
+
+        return factory
+
+    def transfer_factory(self, operation: str) -> TransferProgressFactory:
+        """Return the ``progress`` factory of remote upload/download: bytes of each data
+        object against its size."""
+
+        def factory(record: BackupRecord) -> Callback | None:
+            info = record.backup_info
+            return self.track(operation, info.instance, info.database, record.file_info.size)
 
         return factory
 

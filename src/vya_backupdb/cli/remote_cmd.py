@@ -19,6 +19,15 @@ BackupsArg = Annotated[
 AllOption = Annotated[bool, typer.Option("--all", help="Every backup")]
 ForceOption = Annotated[bool, typer.Option("--force", help="Copy even when already there")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON")]
+NoProgressOption = Annotated[
+    bool, typer.Option("--no-progress", help="No progress bars: periodic log lines instead")
+]
+IntervalOption = Annotated[
+    float,
+    typer.Option(
+        "--progress-interval", min=0, help="Seconds between progress log lines (no terminal)"
+    ),
+]
 
 
 def _render_transfer(ctx: typer.Context, verb: str, result: object, json_out: bool) -> None:
@@ -102,11 +111,23 @@ def register(app: typer.Typer) -> None:
         all_: AllOption = False,
         force: ForceOption = False,
         json_out: JsonOption = False,
+        no_progress: NoProgressOption = False,
+        progress_interval: IntervalOption = 10.0,
     ) -> None:
         """Copy local backups to the remote NAME (data, sidecar, then the record)."""
+        from vya_backupdb.cli.progress import display_for, showing
         from vya_backupdb.jobs.remote import upload as run
 
-        result = run(get_app(ctx).loaded(), name, _names(backups, all_), force=force)
+        app = get_app(ctx)
+        display = display_for(app, enabled=not no_progress, interval=progress_interval)
+        with showing(display):
+            result = run(
+                app.loaded(),
+                name,
+                _names(backups, all_),
+                force=force,
+                progress=display.transfer_factory("upload"),
+            )
         _render_transfer(ctx, "uploaded", result, json_out)
 
     @remote.command("download")
@@ -118,11 +139,23 @@ def register(app: typer.Typer) -> None:
         all_: AllOption = False,
         force: ForceOption = False,
         json_out: JsonOption = False,
+        no_progress: NoProgressOption = False,
+        progress_interval: IntervalOption = 10.0,
     ) -> None:
         """Copy backups from the remote NAME into the local store."""
+        from vya_backupdb.cli.progress import display_for, showing
         from vya_backupdb.jobs.remote import download as run
 
-        result = run(get_app(ctx).loaded(), name, _names(backups, all_), force=force)
+        app = get_app(ctx)
+        display = display_for(app, enabled=not no_progress, interval=progress_interval)
+        with showing(display):
+            result = run(
+                app.loaded(),
+                name,
+                _names(backups, all_),
+                force=force,
+                progress=display.transfer_factory("download"),
+            )
         _render_transfer(ctx, "downloaded", result, json_out)
 
     @remote.command("test")

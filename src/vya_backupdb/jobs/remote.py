@@ -19,7 +19,7 @@ from vya_backupdb.catalog import layout
 from vya_backupdb.catalog.catalog import Catalog
 from vya_backupdb.catalog.records import BackupRecord
 from vya_backupdb.errors import NotFoundError, VyaError
-from vya_backupdb.pipeline.stream import HashingReader, pump
+from vya_backupdb.pipeline.stream import CountingReader, HashingReader, pump
 
 if TYPE_CHECKING:
     from vya_backupdb.config.loader import LoadedConfig
@@ -68,7 +68,12 @@ def copy_object(source: Storage, target: Storage, name: str) -> int:
 
 
 def copy_record(
-    source: Storage, target: Storage, record: BackupRecord, *, force: bool = False
+    source: Storage,
+    target: Storage,
+    record: BackupRecord,
+    *,
+    force: bool = False,
+    progress: Callable[[int], None] | None = None,
 ) -> int | None:
     """Copy a backup's objects; return the bytes copied, None when already complete there.
 
@@ -89,7 +94,7 @@ def copy_record(
         if name == record.file_info.name:
             with source.get(name) as reader, target.put(name) as writer:
                 hashing = HashingReader(reader)
-                total += pump(hashing, writer)
+                total += pump(CountingReader(hashing, progress), writer)
                 if hashing.sha256 != record.file_info.sha256:
                     raise IntegrityError(
                         f"{name} does not match its recorded checksum; not copied",
@@ -107,15 +112,18 @@ def transfer(
     *,
     select: Callable[[BackupRecord], bool] = lambda r: True,
     force: bool = False,
+    progress: Callable[[BackupRecord], Callable[[int], None] | None] | None = None,
 ) -> TransferResult:
-    """Copy every selected, successful backup from ``source`` to ``target``."""
+    """Copy every selected, successful backup from ``source`` to ``target``; ``progress``
+    returns the byte-count callback of each backup copied."""
     result = TransferResult()
     t0 = time.monotonic()
     for record in Catalog(source, hostname).records():
         if not record.ok or not select(record):
             continue
         try:
-            copied = copy_record(source, target, record, force=force)
+            callback = progress(record) if progress is not None else None
+            copied = copy_record(source, target, record, force=force, progress=callback)
         except VyaError as exc:
             log.error("copying %s failed: %s", record.id, exc.message)
             result.failed[record.id] = exc.message
@@ -139,8 +147,16 @@ def _selector(names: Iterable[str]) -> Callable[[BackupRecord], bool]:
     )
 
 
+ProgressFactory = Callable[[BackupRecord], Callable[[int], None] | None]
+
+
 def upload(
-    loaded: LoadedConfig, remote: str, names: Iterable[str] = (), *, force: bool = False
+    loaded: LoadedConfig,
+    remote: str,
+    names: Iterable[str] = (),
+    *,
+    force: bool = False,
+    progress: ProgressFactory | None = None,
 ) -> TransferResult:
     """Upload local backups (all, or those named by id / file / instance) to ``remote``."""
     from vya_backupdb.storage.local import LocalStorage
@@ -149,11 +165,18 @@ def upload(
     settings = loaded.settings
     target = make_storage(settings, remote)
     local = LocalStorage(settings.storage.base_path)
-    return transfer(local, target, settings.hostname, select=_selector(names), force=force)
+    return transfer(
+        local, target, settings.hostname, select=_selector(names), force=force, progress=progress
+    )
 
 
 def download(
-    loaded: LoadedConfig, remote: str, names: Iterable[str] = (), *, force: bool = False
+    loaded: LoadedConfig,
+    remote: str,
+    names: Iterable[str] = (),
+    *,
+    force: bool = False,
+    progress: ProgressFactory | None = None,
 ) -> TransferResult:
     """Download backups (all, or those named) from ``remote`` into the local store."""
     from vya_backupdb.storage.local import LocalStorage
@@ -162,7 +185,9 @@ def download(
     settings = loaded.settings
     source = make_storage(settings, remote)
     local = LocalStorage(settings.storage.base_path)
-    return transfer(source, local, settings.hostname, select=_selector(names), force=force)
+    return transfer(
+        source, local, settings.hostname, select=_selector(names), force=force, progress=progress
+    )
 
 
 def auto_upload(loaded: LoadedConfig, storage: Storage, run: RunResult) -> None:
