@@ -54,7 +54,8 @@ def _archive(
         head += _str("") + _str("") + _str(None) + _str("public") + _str("")
         if version[:2] >= (1, 14):
             head += _str("heap")
-        head += _str("owner") + _str("false") + _str("1") + _str(None)
+        head += _str("owner") + _str("false")
+        head += b"".join(_str(str(d)) for d in DEPENDENCIES.get(dump_id, ())) + _str(None)
         head += b"\x01" + bytes(8)  # offset not set
     return head + data
 
@@ -69,8 +70,14 @@ ENTRIES = [
     (22, "TABLE DATA", SECTION_DATA, "small"),
     (23, "SEQUENCE SET", SECTION_DATA, "seq"),
     (30, "CONSTRAINT", SECTION_POST_DATA, "big big_pkey"),
+    (31, "INDEX", SECTION_POST_DATA, "mid_idx"),
+    (32, "FK CONSTRAINT", SECTION_POST_DATA, "mid mid_big_fk"),
+    (33, "INDEX", SECTION_POST_DATA, "small_on_pkey_idx"),
     (40, "ACL", SECTION_NONE, "TABLE big"),
 ]
+# Who depends on whom (as pg_dump records it): data and keys on their table; the foreign key
+# on both tables; the last index on another post-data entry.
+DEPENDENCIES = {20: (10,), 21: (11,), 22: (12,), 30: (10,), 31: (11,), 32: (11, 10), 33: (12, 30)}
 
 
 @pytest.mark.parametrize("version", [(1, 14, 0), (1, 15, 0), (1, 13, 0)])
@@ -82,6 +89,7 @@ def test_read_toc_reads_entries_and_keeps_prefix_and_rest(version: tuple[int, in
     assert toc.rest == b"\x01DATA"
     assert toc.entries[4].qualified_name == "public.big"
     assert toc.entries[4].had_dumper
+    assert toc.entries[10].dependencies == (11, 10)
 
 
 class _Trickle:
@@ -120,7 +128,10 @@ def test_read_toc_refuses_what_it_cannot_read_and_returns_the_bytes(
 
 
 def _entries() -> list[TocEntry]:
-    return [TocEntry(i, d == "TABLE DATA", t, d, s, "public", "o") for i, d, s, t in ENTRIES]
+    return [
+        TocEntry(i, d == "TABLE DATA", t, d, s, "public", "o", DEPENDENCIES.get(i, ()))
+        for i, d, s, t in ENTRIES
+    ]
 
 
 def test_plan_shares_tables_by_weight_and_keeps_archive_order() -> None:
@@ -131,12 +142,16 @@ def test_plan_shares_tables_by_weight_and_keeps_archive_order() -> None:
     # big alone; mid + small (1100) on the other worker, in archive order; the sequence
     # value goes with the first worker.
     assert plan.data == ((20, 23), (21, 22))
-    assert plan.post == (30, 40)
+    # Each worker then builds the keys and indexes of its own tables; the foreign key (two
+    # tables) and the index that needs another post-data entry wait for the last phase.
+    assert plan.indexes == ((30,), (31,))
+    assert plan.post == (32, 33, 40)
 
 
 def test_plan_never_has_more_workers_than_tables_or_empty_lists() -> None:
     plan = plan_parallel_restore(_entries(), 8, {})
     assert len(plan.data) == 3
+    assert len(plan.indexes) == 3
     assert all(plan.data)
     only_schema = [e for e in _entries() if e.section != SECTION_DATA]
     assert plan_parallel_restore(only_schema, 4, {}).data == ()

@@ -20,6 +20,7 @@ else raises :class:`UnsupportedArchive` and the caller falls back to the spooled
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -52,6 +53,7 @@ class TocEntry:
     section: int
     namespace: str
     owner: str
+    dependencies: tuple[int, ...] = ()
 
     @property
     def qualified_name(self) -> str:
@@ -155,11 +157,15 @@ def _read_toc(cur: _Cursor) -> ArchiveToc:
             cur.str_()  # table access method
         owner = cur.str_() or ""
         cur.str_()  # "false": WITH OIDS
-        while cur.str_() is not None:  # dependencies, ended by a NULL string
-            pass
+        dependencies: list[int] = []
+        while (dependency := cur.str_()) is not None:  # ended by a NULL string
+            with contextlib.suppress(ValueError):
+                dependencies.append(int(dependency))
         cur.byte()  # data offset flag, then the offset itself
         cur.take(off_size)
-        entries.append(TocEntry(dump_id, had_dumper, tag, desc, section, namespace, owner))
+        entries.append(
+            TocEntry(dump_id, had_dumper, tag, desc, section, namespace, owner, tuple(dependencies))
+        )
     prefix = bytes(cur.buffer[: cur.pos])
     rest = bytes(cur.buffer[cur.pos :])
     return ArchiveToc(version, tuple(entries), prefix, rest)
@@ -171,18 +177,24 @@ class RestorePlan:
 
     schema: tuple[int, ...]
     data: tuple[tuple[int, ...], ...]  # one list per data worker (never empty lists)
-    post: tuple[int, ...]
+    #: Per data worker, run right after its data: the indexes and the primary key / unique /
+    #: exclusion constraints of its own tables, so they build while other tables still load.
+    indexes: tuple[tuple[int, ...], ...]
+    post: tuple[int, ...]  # the rest: foreign keys, triggers, ACLs, comments, ...
+
+
+#: Post-data entries that depend only on their table's rows (not foreign keys).
+_TABLE_LOCAL = frozenset({"INDEX", "CONSTRAINT"})
 
 
 def plan_parallel_restore(
     entries: Sequence[TocEntry], workers: int, weights: dict[str, int]
 ) -> RestorePlan:
-    """Split ``entries`` into the three phases; share ``TABLE DATA`` among ``workers`` by
+    """Split ``entries`` into the phases; share ``TABLE DATA`` among ``workers`` by
     ``weights`` (row counts or sizes keyed ``schema.table``; unknown tables weigh 1), largest
     first onto the least loaded worker. Other data entries (sequence values, large objects)
     go to the first worker. Each worker's list keeps archive order, as a pipe reader needs."""
     schema = tuple(e.dump_id for e in entries if e.section == SECTION_PRE_DATA)
-    post = tuple(e.dump_id for e in entries if e.section in (SECTION_POST_DATA, SECTION_NONE))
     data = [e for e in entries if e.section == SECTION_DATA]
     tables = [e for e in data if e.desc == "TABLE DATA"]
     others = [e for e in data if e.desc != "TABLE DATA"]
@@ -194,9 +206,45 @@ def plan_parallel_restore(
         loads[index] += max(1, weights.get(entry.qualified_name, 1))
         shares[index].add(entry.dump_id)
     shares[0].update(e.dump_id for e in others)
+
+    # Which worker loads each table (TABLE entry id -> worker), for its indexes.
+    by_id = {e.dump_id: e for e in entries}
+    worker_of_table: dict[int, int] = {}
+    for index, share in enumerate(shares):
+        for dump_id in share:
+            for dependency in by_id[dump_id].dependencies:
+                if dependency in by_id and by_id[dependency].desc == "TABLE":
+                    worker_of_table[dependency] = index
+    schema_ids = set(schema)
+    early: list[set[int]] = [set() for _ in shares]
+    for entry in entries:
+        if entry.section != SECTION_POST_DATA or entry.desc not in _TABLE_LOCAL:
+            continue
+        parents = [d for d in entry.dependencies if d in by_id and by_id[d].desc == "TABLE"]
+        if (
+            len(parents) == 1
+            and parents[0] in worker_of_table
+            and all(d in schema_ids for d in entry.dependencies)
+        ):
+            early[worker_of_table[parents[0]]].add(entry.dump_id)
+    moved: set[int] = set().union(*early)
+    post = tuple(
+        e.dump_id
+        for e in entries
+        if e.section in (SECTION_POST_DATA, SECTION_NONE) and e.dump_id not in moved
+    )
     order = {e.dump_id: i for i, e in enumerate(entries)}
-    lists = tuple(tuple(sorted(s, key=order.__getitem__)) for s in shares if s)
-    return RestorePlan(schema, lists, post)
+
+    def ordered(ids: set[int]) -> tuple[int, ...]:
+        return tuple(sorted(ids, key=order.__getitem__))
+
+    kept = [i for i, share in enumerate(shares) if share]
+    return RestorePlan(
+        schema,
+        tuple(ordered(shares[i]) for i in kept),
+        tuple(ordered(early[i]) for i in kept),
+        post,
+    )
 
 
 def render_list(dump_ids: Iterable[int]) -> str:

@@ -807,7 +807,7 @@ class PostgresEngine:
         plan = plan_parallel_restore(toc.entries, options.jobs, options.table_weights)
         log.info(
             "parallel restore of %s: %d data worker(s) reading their own streams (no spool), "
-            "then indexes and constraints with --jobs %d",
+            "each building its tables' indexes, then the rest with --jobs %d",
             db,
             len(plan.data),
             options.jobs,
@@ -835,6 +835,11 @@ class PostgresEngine:
                 stdout_tail=False,
                 may_stop_reading=True,
             )
+            if plan.indexes[index] and not cancelled.is_set():
+                # This worker's tables are loaded: build their indexes and keys now, while
+                # the other workers still load theirs.
+                feed(command(f"indexes{index}.list", plan.indexes[index], 1, archive), None,
+                     RestoreFailed, stdout_tail=False)  # fmt: skip
 
         def worker(index: int) -> None:
             try:
