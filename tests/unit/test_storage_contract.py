@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.azure import azurite  # noqa: F401 - fixture
+from harness.gcs import gcs_server  # noqa: F401 - fixture
 from harness.s3 import new_bucket, s3_client, s3_endpoint  # noqa: F401 - fixture
 from harness.sftp import sftp_server  # noqa: F401 - fixture
 from vya_backupdb.errors import NotFoundError, StorageError
@@ -26,6 +28,8 @@ _REMOTE = [pytest.mark.integration]
         "memory",
         pytest.param("s3", marks=_REMOTE),
         pytest.param("sftp", marks=_REMOTE),
+        pytest.param("azure", marks=_REMOTE),
+        pytest.param("gcs", marks=_REMOTE),
     ]
 )
 def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
@@ -41,6 +45,18 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]
         endpoint = request.getfixturevalue("s3_endpoint")
         bucket = new_bucket(endpoint, f"contract-{abs(hash(request.node.nodeid)) % 10**12}")
         yield RetryingStorage(S3Storage(s3_client(endpoint), bucket, "vya/prefix"), retries=2)
+    elif request.param in ("azure", "gcs"):
+        from vya_backupdb.storage.remote import RetryingStorage
+
+        # One container / bucket per test: the contract cases assume an empty store.
+        unique = f"contract-{abs(hash(request.node.nodeid)) % 10**12}"
+        if request.param == "azure":
+            emulator = request.getfixturevalue("azurite")
+            inner = emulator.storage(emulator.new_container(unique), "vya/prefix", retries=2)
+        else:
+            emulator = request.getfixturevalue("gcs_server")
+            inner = emulator.storage(emulator.new_bucket(unique), "vya/prefix", retries=2)
+        yield RetryingStorage(inner, retries=2)
     else:
         from vya_backupdb.storage.remote import RetryingStorage
 

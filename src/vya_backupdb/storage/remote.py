@@ -178,6 +178,14 @@ def open_remote(
         from vya_backupdb.storage.s3 import S3Storage
 
         inner = S3Storage.from_config(remote, environ, settings)
+    elif remote.scheme == "azure":
+        from vya_backupdb.storage.azure import AzureStorage
+
+        inner = AzureStorage.from_config(remote, environ, settings)
+    elif remote.scheme == "gs":
+        from vya_backupdb.storage.gcs import GcsStorage
+
+        inner = GcsStorage.from_config(remote, environ, settings)
     else:
         from vya_backupdb.storage.sftp import SftpStorage
 
