@@ -341,3 +341,51 @@ def test_s3_upload_and_download_report_progress_lines_when_not_a_terminal(
         line = " ".join(result.stderr.split())
         assert f"progress {verb} lite/shop.db:" in line
         assert "100%" in line or "of" in line
+
+
+@pytest.mark.postgres
+def test_s3_postgres_backup_straight_to_remote_restores_into_a_fresh_database_exactly(
+    tmp_path: Path,
+    s3_endpoint: str,  # noqa: F811
+    bucket: str,
+    pg_server: Any,
+) -> None:
+    """A real database, encrypted, streamed to S3 only (keep_local: false), restored from
+    the remote with parallel workers into a fresh database: schema and data identical."""
+    from pg_compare import compare_databases
+
+    source = "s3 source «ünï»"
+    for role in ("vya_app_owner", "vya_app_reader"):
+        pg_server.psql(
+            f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role}') "
+            f"THEN CREATE ROLE {role}; END IF; END $$;"
+        )
+    pg_server.drop_db(source)
+    pg_server.create_db(source)
+    pg_server.psql(Path(__file__).with_name("pg_fixtures.sql").read_text(), dbname=source)
+    secret, public = generate_identity()
+    write_identity_file(tmp_path / "age.key", secret, public)
+    config = _config(
+        tmp_path, s3_endpoint, bucket, auto_upload=True, keep_local=False,
+        encryption={"recipients": [public], "identity_file": str(tmp_path / "age.key")},
+    )  # fmt: skip
+    data = yaml.safe_load(config.read_text())
+    data["instances"] = [pg_server.instance_config("pg", databases=[source], users=False)]
+    config.write_text(yaml.safe_dump(data, allow_unicode=True))
+    target = "from s3 «ünï»"
+    pg_server.drop_db(target)
+    try:
+        code, out = _vya(config, "backup", "pg")
+        assert code == 0, out
+        assert not (tmp_path / "backups").exists() or not any(
+            p.is_file() for p in (tmp_path / "backups").rglob("*")
+        )
+        code, out = _vya(
+            config, "restore", "pg", "-d", source, "--latest", "--remote", "offsite",
+            "--target", target, "--jobs", "2", "-y",
+        )  # fmt: skip
+        assert code == 0, out
+        assert compare_databases(pg_server, source, pg_server, target) == []
+    finally:
+        pg_server.drop_db(target)
+        pg_server.drop_db(source)
