@@ -380,11 +380,18 @@ def test_s3_postgres_backup_straight_to_remote_restores_into_a_fresh_database_ex
         assert not (tmp_path / "backups").exists() or not any(
             p.is_file() for p in (tmp_path / "backups").rglob("*")
         )
-        code, out = _vya(
-            config, "restore", "pg", "-d", source, "--latest", "--remote", "offsite",
-            "--target", target, "--jobs", "2", "-y",
-        )  # fmt: skip
-        assert code == 0, out
+        env = {"VYA_TEST_S3_KEY": ACCESS_KEY, "VYA_TEST_S3_SECRET": SECRET_KEY}
+        restored = runner.invoke(app, [
+            "--config", str(config), "--log-format", "json", "restore", "pg", "-d", source,
+            "--latest",
+            "--remote", "offsite", "--target", target, "--jobs", "2", "-y",
+        ], env=env)  # fmt: skip
+        assert restored.exit_code == 0, restored.output
+        log = " ".join(restored.stderr.split())
+        # Downloaded once (checksum, restore and both workers read the local copy).
+        assert log.count("downloading ") == 1
+        assert "from offsite" in log
+        assert "2 data worker(s) reading their own streams" in log
         assert compare_databases(pg_server, source, pg_server, target) == []
     finally:
         pg_server.drop_db(target)

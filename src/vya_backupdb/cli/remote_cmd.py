@@ -60,7 +60,9 @@ def _names(backups: list[str] | None, all_: bool) -> list[str]:
 
 def register(app: typer.Typer) -> None:
     """Register the ``remote`` commands on ``app``."""
-    remote = typer.Typer(help="Off-site storage (S3, SFTP, Azure Blob, GCS): docs/storage.md.", no_args_is_help=True)
+    remote = typer.Typer(
+        help="Off-site storage (S3, SFTP, Azure Blob, GCS): docs/storage.md.", no_args_is_help=True
+    )
     app.add_typer(remote, name="remote")
 
     @remote.command("list")

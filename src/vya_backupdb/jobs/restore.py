@@ -11,9 +11,11 @@ The checksum is verified before anything touches the target.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +27,7 @@ from vya_backupdb.config.models import InstanceConfig
 from vya_backupdb.engines.base import Engine, RestoreOptions
 from vya_backupdb.errors import NotFoundError, RestoreFailed, UsageError, VyaError
 from vya_backupdb.jobs.store import check_checksum, open_backup_stream
+from vya_backupdb.storage.local import LocalStorage
 from vya_backupdb.wiring import make_catalog, make_engine, make_storage
 
 if TYPE_CHECKING:
@@ -104,6 +107,9 @@ class RestoreJob:
         self.loaded = loaded
         self.settings = loaded.settings
         self.storage = storage or make_storage(self.settings)
+        #: Where the backup's bytes are read from (a local copy of a remote one, see
+        #: _readable_copy); safety backups are written to ``storage``.
+        self.source = self.storage
         self.catalog = make_catalog(self.settings, self.storage)
         self.progress = progress
         self.clock = clock
@@ -202,8 +208,42 @@ class RestoreJob:
             )
         if not record.ok:
             raise RestoreFailed(f"backup {record.id} is recorded as failed: it cannot be restored")
+        with self._readable_copy(record) as source:
+            self.source = source
+            return self._run_record(record, request, confirm)
+
+    @contextlib.contextmanager
+    def _readable_copy(self, record: BackupRecord) -> Iterator[Storage]:
+        """Yield the storage to read the backup from: the store itself when it is local;
+        for a remote, a temporary local copy of the stored (compressed, encrypted) object,
+        downloaded once — instead of once for the checksum, once for the restore and once
+        more per parallel worker. Needs free space for the stored size in $TMPDIR."""
+        name = record.file_info.name
+        if self.storage.local_path(name) is not None:
+            yield self.storage
+            return
+        from vya_backupdb.catalog.layout import SHA256_SUFFIX
+        from vya_backupdb.jobs.remote import copy_object
+
+        with tempfile.TemporaryDirectory(prefix="vya-restore-") as tmp:
+            local = LocalStorage(Path(tmp))
+            log.info(
+                "downloading %s (%d bytes) from %s",
+                name,
+                record.file_info.size,
+                self.storage.description,
+                extra={"operation": "restore", "instance": record.backup_info.instance},
+            )
+            copy_object(self.storage, local, name)
+            if self.storage.exists(name + SHA256_SUFFIX):
+                copy_object(self.storage, local, name + SHA256_SUFFIX)
+            yield local
+
+    def _run_record(
+        self, record: BackupRecord, request: RestoreRequest, confirm: Confirm
+    ) -> RestoreResult:
         # Integrity first: nothing touches the target before the checksum matches.
-        check_checksum(self.storage, record)
+        check_checksum(self.source, record)
 
         source_instance = self.settings.instance(record.backup_info.instance)
         target_inst = (
@@ -285,7 +325,7 @@ class RestoreJob:
             database_properties=dict(extra.get("database_properties", {})),
             source_version_num=extra.get("server_version_num"),
             # Parallel workers read their own streams of the backup (no spool to disk).
-            reopen=lambda: open_backup_stream(self.storage, record),
+            reopen=lambda: open_backup_stream(self.source, record),
             table_weights=dict(record.stats.get("tables", {})),
         )
 
@@ -298,7 +338,7 @@ class RestoreJob:
             db,
             extra={"instance": record.backup_info.instance, "database": db, "operation": "restore"},
         )
-        with open_backup_stream(self.storage, record, self.progress) as stream:
+        with open_backup_stream(self.source, record, self.progress) as stream:
             engine.restore(db, stream, options)
 
     def _safe_swap(
