@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -24,7 +25,12 @@ from vya_backupdb.config.models import SYSTEM_DATABASES, InstanceConfig
 from vya_backupdb.config.selection import select_databases
 from vya_backupdb.engines.base import DumpStream, Engine, ServerInfo
 from vya_backupdb.errors import BackupFailed, NotFoundError, StorageError, UsageError, VyaError
-from vya_backupdb.jobs.store import StoredObject, unused_names, write_backup_object
+from vya_backupdb.jobs.store import (
+    StoredObject,
+    remove_backup,
+    unused_names,
+    write_backup_object,
+)
 from vya_backupdb.wiring import (
     compression_for,
     encryption_for,
@@ -388,8 +394,10 @@ class BackupJob:
         log.info(
             "backing up %s/%s", instance.id, database, extra={**context, "operation": "backup"}
         )
+        # Exact row counts run on their own connection while the dump streams (they used to
+        # delay its start by a COUNT(*) per table).
+        counting = _Background(lambda: engine.table_stats(database))
         try:
-            stats = engine.table_stats(database)
             properties = engine.database_properties(database)
             codec, level, threads, encryption, suffix = self.pipeline_for(instance)
             captured: dict[str, DumpStream] = {}
@@ -423,6 +431,11 @@ class BackupJob:
                 progress=self._progress(instance.id, database, estimate),
                 encryption=encryption,
             )
+            try:
+                stats = counting.result()
+            except BaseException:
+                remove_backup(self.storage, names.stem, names.data)
+                raise
         except VyaError as exc:
             return self._failed(instance, database, started, t0, exc, context)
         except Exception as exc:  # a driver error (e.g. permission denied) must not stop others
@@ -634,3 +647,26 @@ class BackupJob:
         self, instance: str, database: str, estimate: int | None
     ) -> Callable[[int], None] | None:
         return self.progress(instance, database, estimate) if self.progress else None
+
+
+class _Background:
+    """Run ``work`` on a daemon thread; ``result()`` waits and returns or raises its outcome."""
+
+    def __init__(self, work: Callable[[], dict[str, int]]):
+        self._result: dict[str, int] | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(work,), daemon=True)
+        self._thread.start()
+
+    def _run(self, work: Callable[[], dict[str, int]]) -> None:
+        try:
+            self._result = work()
+        except BaseException as exc:  # re-raised by result() on the caller's thread
+            self._error = exc
+
+    def result(self) -> dict[str, int]:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
