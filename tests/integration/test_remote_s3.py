@@ -341,6 +341,15 @@ def test_s3_upload_and_download_report_progress_lines_when_not_a_terminal(
         line = " ".join(result.stderr.split())
         assert f"progress {verb} lite/shop.db:" in line
         assert "100%" in line or "of" in line
+    # The automatic copy after a backup reports its progress too.
+    auto = _config(tmp_path, s3_endpoint, bucket, auto_upload=True)
+    result = runner.invoke(
+        app,
+        ["--config", str(auto), "backup", "lite", "--no-users", "--progress-interval", "0"],
+        env=env,
+    )
+    assert result.exit_code == 0, result.output
+    assert "progress upload lite/shop.db:" in " ".join(result.stderr.split())
 
 
 @pytest.mark.postgres

@@ -79,7 +79,12 @@ def backup(
 
     display = display_for(app, enabled=not no_progress, interval=progress_interval)
     with showing(display):
-        run = BackupJob(loaded, progress=display.backup_factory()).run(request)
+        job = BackupJob(
+            loaded,
+            progress=display.backup_factory(),
+            upload_progress=display.transfer_factory("upload"),
+        )
+        run = job.run(request)
     if json_out:
         typer.echo(plain_json(run.as_dict()))
     else:

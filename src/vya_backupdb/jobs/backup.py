@@ -201,6 +201,7 @@ class BackupJob:
         *,
         storage: Storage | None = None,
         progress: ProgressFactory | None = None,
+        upload_progress: Callable[[BackupRecord], Callable[[int], None] | None] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ):
         self.loaded = loaded
@@ -208,6 +209,8 @@ class BackupJob:
         self.storage = storage or make_storage(self.settings)
         self.catalog = make_catalog(self.settings, self.storage)
         self.progress = progress
+        #: Progress of the automatic copies to the remotes (auto_upload), per backup.
+        self.upload_progress = upload_progress
         self.clock = clock
 
     def run(self, request: BackupRequest) -> RunResult:
@@ -221,7 +224,7 @@ class BackupJob:
             if not request.dry_run:
                 from vya_backupdb.jobs.remote import auto_upload
 
-                auto_upload(self.loaded, self.storage, run)
+                auto_upload(self.loaded, self.storage, run, progress=self.upload_progress)
         except KeyboardInterrupt:
             run.finished_at = self.clock()
             run.interrupted = True

@@ -190,7 +190,13 @@ def download(
     )
 
 
-def auto_upload(loaded: LoadedConfig, storage: Storage, run: RunResult) -> None:
+def auto_upload(
+    loaded: LoadedConfig,
+    storage: Storage,
+    run: RunResult,
+    *,
+    progress: ProgressFactory | None = None,
+) -> None:
     """After a backup run with ``storage.auto_upload``: copy each new backup to every remote
     other than ``storage`` itself. A failed upload is recorded on that result (warning,
     ``offsite_failed``; the run then exits 9) and logged as an error; the backup itself
@@ -217,7 +223,8 @@ def auto_upload(loaded: LoadedConfig, storage: Storage, run: RunResult) -> None:
         for result in done:
             assert result.record is not None
             try:
-                copy_record(storage, target, result.record)
+                callback = progress(result.record) if progress is not None else None
+                copy_record(storage, target, result.record, progress=callback)
             except VyaError as exc:
                 log.error(
                     "upload of %s to %s failed: %s", result.record.id, remote.name, exc.message
