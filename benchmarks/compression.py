@@ -46,16 +46,18 @@ from vya_backupdb.pipeline.codecs import CHUNK, get_codec
 
 MIB = 2**20
 
-#: (algorithm, level, threads) measured through the product's codecs. threads only matters
-#: for zstd (the product compresses xz/gzip/bzip2/lz4 on one thread).
+#: (algorithm, level, threads) measured through the product's codecs. threads matters for
+#: zstd (in-process), gzip (pigz when installed) and xz (xz -T); bzip2 and lz4 use one thread.
 PRODUCT_MATRIX: list[tuple[str, int, int]] = [
     ("none", 0, 0),
     ("gzip", 1, 1),
     ("gzip", 6, 1),
+    ("gzip", 6, 2),
     ("gzip", 9, 1),
     ("bzip2", 9, 1),
     ("xz", 1, 1),
     ("xz", 6, 1),
+    ("xz", 6, 2),
     ("zstd", 1, 2),
     ("zstd", 3, 1),
     ("zstd", 3, 2),
@@ -111,7 +113,7 @@ def measure_codec(source: Path, out: Path, name: str, level: int, threads: int) 
     return Measured(
         name,
         str(level) if name != "none" else "—",
-        str(threads) if name == "zstd" else "1",
+        str(threads) if name in ("zstd", "gzip", "xz") else "1",
         out.stat().st_size,
         compress_s,
         decompress_s,
