@@ -166,3 +166,24 @@ def test_files_backup_encrypted_restores_and_opens_with_standard_tools(tmp_path:
     assert _diff(_snapshot(src), _snapshot(_restored(target, src))) == []
     code, out, _ = _vya(config, "verify", "f", "--level", "integrity")
     assert code == 0, out
+
+
+def test_files_backup_reports_progress_lines_when_not_a_terminal(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _build_tree(src)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "storage": {"base_path": str(tmp_path / "b")},
+                "instances": [{"id": "f", "type": "files", "paths": [f"{src}/**"]}],
+            }
+        )
+    )
+    result = runner.invoke(
+        app, ["--config", str(config), "backup", "f", "--progress-interval", "0"]
+    )
+    assert result.exit_code == 0, result.output
+    line = " ".join(result.stderr.split())
+    assert "progress f/files:" in line
+    assert "/s" in line  # a rate

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -134,7 +134,8 @@ def backup_files_instance(
                 aborting(codec.writer(data_crypt or data_hash, level, threads))
             )
             manifest_writer = manifest_codec.writer(manifest_crypt or manifest_hash, 3, 1)
-            raw = _CountingWriter(data_writer)
+            # No size estimate (it would walk the tree twice): bytes and rate, no ETA.
+            raw = _CountingWriter(data_writer, job._progress(instance.id, layout.FILES_DB, None))
             result = engine.archive(
                 raw,
                 manifest_writer,
@@ -142,6 +143,7 @@ def backup_files_instance(
                 strategy=effective,  # type: ignore[arg-type]
                 base_manifest=base_stream,
             )
+            raw.done()
             data_writer.close()
             manifest_writer.close()
             for crypt in (data_crypt, manifest_crypt):
@@ -225,14 +227,30 @@ def backup_files_instance(
 
 
 class _CountingWriter:
-    def __init__(self, sink: Any):
+    """Count the archive's bytes; report them to ``progress`` at most every ``interval`` s."""
+
+    def __init__(
+        self, sink: Any, progress: Callable[[int], None] | None = None, interval: float = 0.5
+    ):
         self._sink = sink
+        self._progress = progress
+        self._interval = interval
+        self._last = 0.0
         self.bytes = 0
 
     def write(self, data: bytes, /) -> int:
         self._sink.write(data)
         self.bytes += len(data)
+        if self._progress is not None:
+            now = time.monotonic()
+            if now - self._last >= self._interval:
+                self._last = now
+                self._progress(self.bytes)
         return len(data)
+
+    def done(self) -> None:
+        if self._progress is not None:
+            self._progress(self.bytes)
 
     def flush(self) -> None:
         return None
