@@ -351,20 +351,25 @@ def test_pg_restore_list_and_restore_by_file(
     assert "cannot read the time" in out
 
 
-def test_pg_parallel_restore_of_an_encrypted_backup_streams_and_is_exact(
-    pg_server: PgServer, tmp_path: Path, source: str
+@pytest.mark.parametrize(
+    ("encrypted", "compression"), [(True, "zstd"), (False, "zstd"), (False, "gzip")]
+)
+def test_pg_parallel_restore_streams_and_is_exact(
+    pg_server: PgServer, tmp_path: Path, source: str, encrypted: bool, compression: str
 ) -> None:
-    """restore --jobs 2 of an encrypted, zstd-compressed custom dump: the data workers read
-    their own decrypted streams of the stored object (no spool), and the copy is exact."""
+    """restore --jobs 2 of a custom dump: the data workers read their own streams of the
+    stored object (no spool) — decrypted in-process, or straight from the command-line
+    decompressor when the file is local and unencrypted — and the copy is exact."""
     from vya_backupdb.pipeline.encryption import generate_identity, write_identity_file
 
-    secret, public = generate_identity()
-    key = tmp_path / "age.key"
-    write_identity_file(key, secret, public)
+    storage: dict[str, object] = {"compression": {"algorithm": compression}}
+    if encrypted:
+        secret, public = generate_identity()
+        key = tmp_path / "age.key"
+        write_identity_file(key, secret, public)
+        storage["encryption"] = {"recipients": [public], "identity_file": str(key)}
     config = _write_config(
-        tmp_path,
-        [pg_server.instance_config("pg", databases=[source])],
-        encryption={"recipients": [public], "identity_file": str(key)},
+        tmp_path, [pg_server.instance_config("pg", databases=[source])], **storage
     )
     code, out = _vya(config, "backup", "pg", "--no-users")
     assert code == 0, out

@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import contextlib
 import io
+import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
 from vya_backupdb.catalog import layout
 from vya_backupdb.catalog.records import BackupInfo, BackupRecord, FileInfo
 from vya_backupdb.errors import BackupFailed, IntegrityError
-from vya_backupdb.jobs.store import check_checksum, open_backup_stream, write_backup_object
+from vya_backupdb.jobs.store import (
+    check_checksum,
+    open_backup_stream,
+    open_backup_stream_direct,
+    write_backup_object,
+)
 from vya_backupdb.pipeline.codecs import get_codec
 from vya_backupdb.storage.memory import MemoryStorage
 
@@ -133,3 +140,36 @@ def test_check_checksum_missing_object_is_reported() -> None:
     storage.delete(NAMES.data)
     with pytest.raises(IntegrityError, match="is missing"):
         check_checksum(storage, record)
+
+
+def test_direct_stream_of_a_local_file_is_the_decompressor_and_feeds_a_tool(
+    tmp_path: Path,
+) -> None:
+    """A verified local zstd backup is read by `zstd -dc`, whose output feed() hands to the
+    next tool directly; that tool may stop early (head) without failing anything."""
+    from vya_backupdb.engines.process import Command, ToolReader, feed
+    from vya_backupdb.storage.local import LocalStorage
+
+    if shutil.which("zstd") is None:
+        pytest.skip("zstd not installed")  # bootstrap installs it; CI fails on skips
+    storage = LocalStorage(tmp_path / "store")
+    data = b"".join(b"row %d\n" % i for i in range(200_000))
+    record = _store(storage, data)
+    with open_backup_stream_direct(storage, record) as stream:
+        assert isinstance(stream, ToolReader) and stream.direct
+        out = tmp_path / "out"
+        feed(Command(["sh", "-c", f"cat > {out}"]), stream, IntegrityError)
+    assert out.read_bytes() == data
+    with open_backup_stream_direct(storage, record) as stream:
+        tail = feed(Command(["head", "-c", "6"]), stream, IntegrityError, may_stop_reading=True)
+    assert tail == "row 0\n"
+
+
+def test_direct_stream_falls_back_to_in_process_when_not_a_local_file() -> None:
+    from vya_backupdb.engines.process import ToolReader
+
+    storage = MemoryStorage()
+    record = _store(storage, b"SELECT 1;\n" * 10)
+    with open_backup_stream_direct(storage, record) as stream:
+        assert not isinstance(stream, ToolReader)
+        assert stream.read(1000) == b"SELECT 1;\n" * 10

@@ -828,12 +828,14 @@ class PostgresEngine:
         errors: list[BaseException] = []
 
         def load(index: int, source: Readable) -> None:
+            direct = isinstance(source, ToolReader) and source.direct
             feed(
                 command(f"data{index}.list", plan.data[index], 1, None),
-                _Cancellable(source, cancelled),
+                source if direct else _Cancellable(source, cancelled),
                 RestoreFailed,
                 stdout_tail=False,
                 may_stop_reading=True,
+                cancel=cancelled,
             )
             if plan.indexes[index] and not cancelled.is_set():
                 # This worker's tables are loaded: build their indexes and keys now, while

@@ -161,8 +161,12 @@ class ToolReader:
     kills the child. A failed dump therefore can never look like a complete stream.
     """
 
-    def __init__(self, command: Command, error_cls: type[VyaError] = BackupFailed):
+    def __init__(
+        self, command: Command, error_cls: type[VyaError] = BackupFailed, *, direct: bool = False
+    ):
         self.command = command
+        #: feed() may connect this tool's stdout straight to the next tool's stdin.
+        self.direct = direct
         self._error_cls = error_cls
         self._proc = _spawn(command, subprocess.DEVNULL, subprocess.PIPE)
         assert self._proc.stdout is not None
@@ -171,6 +175,7 @@ class ToolReader:
         self._stderr = _StderrCollector(self._proc.stderr, command.secrets)
         self._stderr.start()
         self._eof = False
+        self._handed_off = False
         self._timer: threading.Timer | None = None
         self._timeout: float | None = None
         self._timed_out = False
@@ -199,6 +204,23 @@ class ToolReader:
             self._eof = True
         return data
 
+    def handoff(self) -> IO[bytes]:
+        """Give the tool's stdout to another process (feed), which reads it directly.
+
+        From then on the consumer's exit status is what counts: it may stop reading early
+        (the tool then dies of SIGPIPE), so :meth:`finish` only reaps the tool. Use it for
+        data already verified (e.g. a decompressor over a checksummed file).
+        """
+        self._eof = True
+        self._handed_off = True
+        stdout: IO[bytes] = self._stdout
+        return stdout
+
+    def release(self) -> None:
+        """Close our copy of a handed-off stdout (the consumer holds its own)."""
+        with contextlib.suppress(OSError):
+            self._stdout.close()
+
     def readinto(self, buffer: bytearray | memoryview) -> int:
         n = self._stdout.readinto(buffer)
         if not n:
@@ -222,7 +244,7 @@ class ToolReader:
                 "dump (pg_stat_activity / SHOW PROCESSLIST).",
                 details=self._stderr.tail() or None,
             )
-        if returncode != 0:
+        if returncode != 0 and not self._handed_off:
             raise _failure(self._error_cls, self.command, returncode, self._stderr.tail())
 
     def abort(self) -> None:
@@ -261,21 +283,42 @@ def feed(
     *,
     stdout_tail: bool = True,
     may_stop_reading: bool = False,
+    cancel: threading.Event | None = None,
 ) -> str:
     """Run ``command`` with ``source`` streamed to its stdin; return the stdout tail.
 
+    A ``source`` that is itself a tool's output (:class:`ToolReader`, ``direct=True``) becomes
+    the command's stdin as is: the bytes go from one process to the other, not through us.
     Raise ``error_cls`` with the stderr tail when the tool fails, or when it stops reading
     early — unless ``may_stop_reading`` (a tool that reads only what it needs, such as
-    ``pg_restore --use-list`` on a pipe) and it then exits 0.
+    ``pg_restore --use-list`` on a pipe) and it then exits 0. Setting ``cancel`` stops it.
     """
+    direct = isinstance(source, ToolReader) and source.direct
+    stdin: int | IO[bytes] | None = subprocess.DEVNULL
+    if direct:
+        assert isinstance(source, ToolReader)
+        stdin = source.handoff()
+    elif source is not None:
+        stdin = subprocess.PIPE
     out_file = tempfile.TemporaryFile()  # noqa: SIM115 - closed below; bounded by tool output
-    proc = _spawn(command, subprocess.PIPE if source is not None else subprocess.DEVNULL, out_file)
+    proc = _spawn(command, stdin, out_file)
+    if direct:
+        assert isinstance(source, ToolReader)
+        source.release()  # the child has its copy; ours would keep the producer blocked
     assert proc.stderr is not None
     collector = _StderrCollector(proc.stderr, command.secrets)
     collector.start()
     broken = False
     try:
-        if source is not None:
+        if direct:
+            while True:
+                try:
+                    proc.wait(timeout=0.2)
+                    break
+                except subprocess.TimeoutExpired:
+                    if cancel is not None and cancel.is_set():
+                        raise error_cls("stopped: another worker failed") from None
+        elif source is not None:
             assert proc.stdin is not None
             try:
                 while chunk := source.read(COPY_CHUNK):

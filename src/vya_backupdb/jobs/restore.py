@@ -26,7 +26,11 @@ from vya_backupdb.catalog.records import BackupRecord
 from vya_backupdb.config.models import InstanceConfig
 from vya_backupdb.engines.base import Engine, RestoreOptions
 from vya_backupdb.errors import NotFoundError, RestoreFailed, UsageError, VyaError
-from vya_backupdb.jobs.store import check_checksum, open_backup_stream
+from vya_backupdb.jobs.store import (
+    check_checksum,
+    open_backup_stream,
+    open_backup_stream_direct,
+)
 from vya_backupdb.storage.local import LocalStorage
 from vya_backupdb.wiring import make_catalog, make_engine, make_storage
 
@@ -325,7 +329,7 @@ class RestoreJob:
             database_properties=dict(extra.get("database_properties", {})),
             source_version_num=extra.get("server_version_num"),
             # Parallel workers read their own streams of the backup (no spool to disk).
-            reopen=lambda: open_backup_stream(self.source, record),
+            reopen=lambda: open_backup_stream_direct(self.source, record),
             table_weights=dict(record.stats.get("tables", {})),
         )
 
