@@ -141,3 +141,12 @@ def test_status_cli_json_and_exit_code(tmp_path: Path) -> None:
     assert fresh.exit_code == 0, fresh.output
     report = json.loads(fresh.stdout)
     assert report["verdict"] == "ok" and report["databases"][0]["database"] == "shop0.db"
+
+
+def test_status_cli_config_error_is_unknown_3(tmp_path: Path) -> None:
+    """A check that cannot run is UNKNOWN (3) for Nagios, not CRITICAL (2)."""
+    config = tmp_path / "broken.yaml"
+    config.write_text("instances: [{id: x, type: nosuchdb}]\n")
+    result = CliRunner().invoke(app, ["--config", str(config), "status"])
+    assert result.exit_code == 3
+    assert "nosuchdb" in result.output or "type" in result.output

@@ -17,7 +17,7 @@ from rich.table import Table
 
 from vya_backupdb.cli.context import AppContext, get_app, handle_errors, render_error
 from vya_backupdb.cli.render import human_bytes, plain_json
-from vya_backupdb.errors import UsageError
+from vya_backupdb.errors import UsageError, VyaError
 
 if TYPE_CHECKING:
     from vya_backupdb.config.loader import LoadedConfig
@@ -507,14 +507,20 @@ def status_cmd(
 ) -> None:
     """Age, size and trend of the newest backups, with a verdict against the thresholds.
 
-    Exit status (Nagios convention): 0 ok, 1 warning, 2 critical, 3 unknown.
+    Exit status (Nagios convention): 0 ok, 1 warning, 2 critical, 3 unknown (also when the
+    check cannot run: configuration error, unreadable storage).
     """
     from vya_backupdb.jobs.status import check_status
     from vya_backupdb.wiring import make_catalog
 
     state = get_app(ctx)
-    settings = state.loaded().settings
-    report = check_status(settings, make_catalog(settings), instances=tuple(instances or ()))
+    try:
+        settings = state.loaded().settings
+        report = check_status(settings, make_catalog(settings), instances=tuple(instances or ()))
+    except VyaError as error:
+        # A check that cannot run is UNKNOWN for a monitoring system, whatever the cause.
+        render_error(error)
+        raise typer.Exit(3) from None
     if json_out:
         typer.echo(plain_json(report.as_dict()))
     else:
