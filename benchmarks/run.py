@@ -13,6 +13,9 @@ session:
   (uncompressed file), and single-stream restore vs ``pg_restore``;
 * MariaDB backup vs ``mariadb-dump --single-transaction … | zstd -3 -T2``; restore vs
   ``mariadb DB < dump``;
+* MariaDB parallel format (``mysql_format: parallel``, ``jobs: 2``): backup vs the same
+  ``mariadb-dump | zstd`` runs and vs ``mydumper -t 2``; restore ``--mode fast --jobs 2`` vs the
+  same ``mariadb DB < dump`` runs and vs ``myloader -t 2``;
 * ``--jobs 2`` vs ``--jobs 1`` over an instance with four databases;
 * peak RSS of the vya process (its children excluded) on the 1 GiB and the larger database.
 
@@ -310,6 +313,7 @@ def write_config(path: Path, store: Path, pg: Any, my: Any) -> None:
         pg.instance_config("pg", users=False),
         pg.instance_config("pgpar", users=False, databases=["par_*"]),
         {**my.instance_config("my"), "users": False},
+        {**my.instance_config("mypar"), "users": False, "mysql_format": "parallel", "jobs": 2},
     ]
     config = {
         "hostname": "bench",
@@ -513,6 +517,9 @@ def measure(args: argparse.Namespace, work: Path, pg: Any, my: Any, report: Repo
         target="≤ 1.00× (no slower)", limit=1.0,
     )  # fmt: skip
     report.rss("peak RSS, vya backup + restore of shop", my_rss)
+    measure_mariadb_parallel(
+        vya, my, raw, runs, report, cnf, native_backup=nat_mb, native_restore=nat_mr
+    )
 
     # Memory on the larger database ------------------------------------------------------
     log_step("memory: vya backup of big ...")
@@ -528,6 +535,98 @@ def measure(args: argparse.Namespace, work: Path, pg: Any, my: Any, report: Repo
         extra=f"wall {fmt_runs(walls)} s; RSS per run: "
         + "/".join(f"{k / 1024:.0f}" for k in big_rss),
     )
+
+
+def measure_mariadb_parallel(
+    vya: VyaCli,
+    my: Any,
+    raw: Path,
+    runs: int,
+    report: Report,
+    cnf: Path,
+    *,
+    native_backup: list[float],
+    native_restore: list[float],
+) -> None:
+    """The parallel format (jobs 2) next to the single-stream native runs of this session and
+    next to mydumper/myloader with 2 threads (their output uncompressed: they get a head start)."""
+    log_step("MariaDB parallel format (jobs 2) vs mydumper/myloader -t 2 ...")
+    mydumper = shutil.which("mydumper")
+    myloader = shutil.which("myloader")
+    if mydumper is None or myloader is None:
+        report.notes.append("mydumper/myloader not installed: parallel comparison skipped.")
+        return
+    where = ["-h", my.host, "-P", str(my.port)]
+    out_dir = raw / "mydumper"
+    par_rss: list[int] = []
+
+    def vya_par_backup() -> float:
+        wall, rss = vya.run("backup", "mypar", "-d", "shop", "--no-users")
+        par_rss.append(rss)
+        return wall
+
+    def native_mydumper() -> float:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        return run_pipeline(
+            [
+                [mydumper, f"--defaults-file={cnf}", *where, "-B", "shop", "-o", str(out_dir),
+                 "-t", "2", "--trx-consistency-only", "-R", "-E", "-G", "-v", "1"],
+            ]
+        )  # fmt: skip
+
+    vya_pb, nat_pb = alternate(runs, vya_par_backup, native_mydumper)
+    report.compare(
+        "MariaDB parallel backup (jobs 2) vs `mariadb-dump … | zstd -3 -T2`",
+        vya_pb, native_backup, target="≤ 1.10× (informative)", limit=1.10,
+    )  # fmt: skip
+    report.compare(
+        "MariaDB parallel backup (jobs 2) vs `mydumper -t 2` (uncompressed)",
+        vya_pb, nat_pb, target="≤ 1.25× (informative)", limit=1.25,
+        labels=("vya", "mydumper"),
+    )  # fmt: skip
+    files = sorted(out_dir.iterdir()) if out_dir.is_dir() else []
+    report.notes.append(
+        f"MariaDB parallel output sizes: vya {newest_size(raw.parent / 'store', 'shop') / MIB:.0f}"
+        f" MiB (tar, zstd), mydumper {sum(f.stat().st_size for f in files) / MIB:.0f} MiB "
+        f"({len(files)} files, uncompressed)"
+    )
+
+    def vya_par_restore() -> float:
+        my.drop_db("r_vya")
+        wall, rss = vya.run(
+            "restore", "mypar", "-d", "shop", "--latest", "--target", "r_vya",
+            "--mode", "fast", "--jobs", "2", "--yes",
+        )  # fmt: skip
+        par_rss.append(rss)
+        my.drop_db("r_vya")
+        return wall
+
+    def native_myloader() -> float:
+        my.drop_db("r_native")
+
+        def go() -> None:
+            my.create_db("r_native")
+            run_pipeline(
+                [
+                    [myloader, f"--defaults-file={cnf}", *where, "-d", str(out_dir),
+                     "-s", "shop", "-B", "r_native", "-t", "2", "-v", "1"],
+                ]
+            )  # fmt: skip
+
+        wall = timed(go)
+        my.drop_db("r_native")
+        return wall
+
+    vya_pr, nat_pr = alternate(runs, vya_par_restore, native_myloader)
+    report.compare(
+        "MariaDB parallel restore `--mode fast --jobs 2` vs `mariadb DB < dump`",
+        vya_pr, native_restore, target="< 1.00× (faster)", limit=0.999,
+    )  # fmt: skip
+    report.compare(
+        "MariaDB parallel restore `--mode fast --jobs 2` vs `myloader -t 2`",
+        vya_pr, nat_pr, target="≤ 1.10×", limit=1.10, labels=("vya", "myloader"),
+    )  # fmt: skip
+    report.rss("peak RSS, vya parallel backup + restore of shop", par_rss)
 
 
 def report_size(report: Report, db: str) -> str:
@@ -589,6 +688,7 @@ def main() -> None:
         "pg_dump": [str(bin_dir / "pg_dump"), "--version"],
         "PostgreSQL server": [str(bin_dir / "postgres"), "--version"],
         "mariadb-dump": [shutil.which("mariadb-dump") or "mariadb-dump", "--version"],
+        "mydumper": [shutil.which("mydumper") or "mydumper", "--version"],
         "MariaDB server": [shutil.which("mariadbd") or "/usr/sbin/mariadbd", "--version"],
         "zstd": [shutil.which("zstd") or "zstd", "--version"],
         "gzip": [shutil.which("gzip") or "gzip", "--version"],

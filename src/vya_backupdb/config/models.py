@@ -28,6 +28,7 @@ __all__ = ["FrozenModel", "InstanceConfig", "RetentionConfig", "Settings"]
 CompressionAlgorithm = Literal["none", "gzip", "bzip2", "xz", "zstd", "lz4"]
 InstanceType = Literal["postgresql", "mysql", "mariadb", "sqlite", "files"]
 PgFormat = Literal["plain", "custom", "directory"]
+MysqlFormat = Literal["sql", "parallel"]
 FilesStrategy = Literal["full", "incremental", "differential"]
 
 #: Databases skipped unless ``include_system_databases`` is set.
@@ -48,7 +49,11 @@ class CompressionConfig(FrozenModel):
         None, description="Codec level; default: zstd 3, gzip 6, bzip2 9, xz 6, lz4 1"
     )
     threads: int = Field(
-        0, ge=0, le=256, description="Compression threads for zstd/xz (0 = one per CPU core)"
+        0,
+        ge=0,
+        le=256,
+        description="Compression threads (0 = one per CPU core): zstd in-process; xz via xz -T; "
+        "gzip via pigz when installed; 1 = in-process, one thread",
     )
 
     @model_validator(mode="after")
@@ -76,7 +81,7 @@ class StorageConfig(FrozenModel):
     compression: CompressionConfig = Field(default_factory=CompressionConfig)
     remotes: list[RemoteConfig] = Field(
         default_factory=list,
-        description="Off-site stores (S3-compatible, SFTP); see docs/storage.md",
+        description="Off-site stores (S3-compatible, SFTP, Azure Blob, GCS); see docs/storage.md",
     )
     auto_upload: bool = Field(False, description="Every new backup also goes to all remotes")
     keep_local: bool = Field(
@@ -153,12 +158,31 @@ class InstanceConfig(FrozenModel):
     )
     # PostgreSQL
     format: PgFormat = Field("custom", description="PostgreSQL dump format: plain|custom|directory")
-    jobs: int = Field(1, ge=1, le=64, description="pg_dump/pg_restore --jobs (directory format)")
+    jobs: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="pg_dump/pg_restore --jobs (directory format); MySQL/MariaDB parallel "
+        "format: dump workers and restore clients",
+    )
     directory_format_above_bytes: int | None = Field(
         None,
         ge=0,
         description="PostgreSQL: databases larger than this (pg_database_size, bytes) are "
         "dumped in directory format with pg_dump --jobs whatever 'format' says (e.g. "
+        "10737418240 = 10 GiB; set jobs > 1)",
+    )
+    # MySQL / MariaDB
+    mysql_format: MysqlFormat = Field(
+        "sql",
+        description="MySQL/MariaDB dump format: sql (one mariadb-dump stream) | parallel "
+        "(per-table files dumped and loaded by 'jobs' workers; docs/mysql.md)",
+    )
+    parallel_dump_above_bytes: int | None = Field(
+        None,
+        ge=0,
+        description="MySQL/MariaDB: databases larger than this (information_schema data + "
+        "index bytes) are dumped in parallel format whatever 'mysql_format' says (e.g. "
         "10737418240 = 10 GiB; set jobs > 1)",
     )
     # SQLite and files
@@ -205,6 +229,13 @@ class InstanceConfig(FrozenModel):
             raise ValueError(f"instances of type {self.type} need 'paths'")
         if self.directory_format_above_bytes is not None and self.type != "postgresql":
             raise ValueError("directory_format_above_bytes applies to postgresql instances only")
+        if self.type not in ("mysql", "mariadb"):
+            if self.mysql_format != "sql":
+                raise ValueError("mysql_format applies to mysql and mariadb instances only")
+            if self.parallel_dump_above_bytes is not None:
+                raise ValueError(
+                    "parallel_dump_above_bytes applies to mysql and mariadb instances only"
+                )
         sources = [
             self.password is not None,
             self.password_env is not None,

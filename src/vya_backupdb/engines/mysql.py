@@ -16,6 +16,10 @@ How a database travels:
   client character set is explicit and the dump sets ``TIME_ZONE='+00:00'`` itself, so the
   target server's defaults (``character_set_server``, ``time_zone``) never change a value.
   By hand: ``zstd -dc FILE.sql.zst | mariadb --default-character-set=utf8mb4 --binary-mode DB``.
+* ``mysql_format: parallel`` (or a database above ``parallel_dump_above_bytes``) dumps the
+  same way with ``jobs`` mariadb-dump workers, one file per table, in one consistent snapshot,
+  archived as a tar, and restores with ``jobs`` clients: see
+  :mod:`~vya_backupdb.engines.mysql_parallel` and docs/mysql.md.
 
 The password reaches the tools only through a 0600 ``--defaults-extra-file`` (always the first
 option, as the tools require) and PyMySQL through its ``password`` argument; never argv, never
@@ -31,10 +35,11 @@ import json
 import logging
 import re
 import tempfile
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import pymysql
 import pymysql.cursors
@@ -66,6 +71,9 @@ from vya_backupdb.errors import (
     UsageError,
     VyaError,
 )
+
+if TYPE_CHECKING:
+    from vya_backupdb.engines.mysql_parallel import Login
 
 log = logging.getLogger(__name__)
 
@@ -891,13 +899,123 @@ class MysqlEngine:
                 events.append(EventDefinition(*(str(v) for v in row[:6])))
         return render_events_sql(events)
 
-    def dump(self, db: str) -> contextlib.AbstractContextManager[DumpStream]:
-        """Yield the SQL dump of ``db``; raise BackupFailed (with stderr tail) at exit on failure.
+    def database_size(self, db: str) -> int | None:
+        """Return the data + index bytes of ``db`` (information_schema estimate), or None."""
+        rows = self._query(
+            "SELECT SUM(DATA_LENGTH + INDEX_LENGTH) FROM information_schema.TABLES"
+            " WHERE TABLE_SCHEMA = %s",
+            (db,),
+        )
+        return int(rows[0][0]) if rows and rows[0][0] is not None else None
 
-        ``info["binlog"]`` holds ``{"file", "position", "gtid"}`` after the block when binary
-        logging is on (None otherwise).
+    def dump_format_for(self, db: str) -> tuple[str, str | None]:
+        """Return the format to dump ``db`` in and why when it is not ``mysql_format``:
+        ``parallel`` when ``parallel_dump_above_bytes`` is set and ``db`` is larger."""
+        from vya_backupdb.engines.mysql_parallel import choose_mysql_format
+
+        configured = self._instance.mysql_format
+        threshold = self._instance.parallel_dump_above_bytes
+        if threshold is None or configured == "parallel":
+            return configured, None
+        fmt = choose_mysql_format(configured, self.database_size(db), threshold)
+        if fmt == configured:
+            return fmt, None
+        return fmt, f"database larger than parallel_dump_above_bytes ({threshold})"
+
+    def dump(self, db: str) -> contextlib.AbstractContextManager[DumpStream]:
+        """Yield the dump of ``db``; raise BackupFailed (with stderr tail) on failure.
+
+        In ``sql`` format the stream is mariadb-dump's SQL; in ``parallel`` format (see
+        :mod:`~vya_backupdb.engines.mysql_parallel`) a tar of per-table files, streamed while
+        the workers dump. ``info["binlog"]`` holds ``{"file", "position", "gtid"}`` after the
+        block when binary logging is on (None otherwise); a parallel dump also records
+        ``info["format"]``, ``info["parallel"]`` (workers, snapshot proof) and
+        ``info["format_reason"]`` when the size threshold chose it.
         """
+        fmt, reason = self.dump_format_for(db)
+        if fmt == "parallel":
+            return self._dump_parallel(db, reason)
         return self._dump(db, binlog=self._log_bin())
+
+    def _parallel_login(self, defaults_file: Path) -> Login:
+        from vya_backupdb.engines.mysql_parallel import Login
+
+        return Login(
+            instance=self._instance,
+            user=self._user,
+            password=self._password,
+            connect=self._connect,
+            defaults_file=defaults_file,
+        )
+
+    @contextlib.contextmanager
+    def _dump_parallel(self, db: str, reason: str | None) -> Iterator[DumpStream]:
+        from vya_backupdb.engines import mysql_parallel as par
+
+        tools = self._tools()
+        version = tool_version(tools.dump)
+        server = self.server_info()
+        binlog = self._log_bin()
+        jobs = self._instance.jobs
+        info: dict[str, Any] = {"format": par.PARALLEL_FORMAT, "server_product": server.product}
+        if reason:
+            info["format_reason"] = reason
+        # As in the single-stream path: mariadb-dump cannot dump the events of a database
+        # whose name holds a quote, so they are written by us.
+        events_sql = self._events_sql(db) if "'" in db else None
+        started = time.monotonic()
+        with (
+            tempfile.TemporaryDirectory(prefix="vya-mypar-") as tmp,
+            secret_file(make_defaults_file(self._user, self._password), suffix=".cnf") as cnf,
+        ):
+            dumper = par.ParallelDump(
+                self._parallel_login(cnf),
+                par.DumpTools(tools.dump, version, server.product),
+                jobs=jobs,
+            )
+            sample = par.make_data_command(
+                tools.dump, cnf, self._instance, db, ["TABLE…"],
+                binlog_options=["--master-data=2"] if binlog and server.product == "MariaDB"
+                and "MariaDB" in version else [],
+                password=self._password,
+            )  # fmt: skip
+            display = (
+                f"{sample.display()}  [up to {jobs} workers over table groups, snapshots opened "
+                "under FLUSH TABLES WITH READ LOCK; schema, triggers/routines/events and views "
+                "dumped with --no-data; one file per table, streamed as a tar]"
+            )
+            streamed = par.StreamedDump(
+                dumper, db, Path(tmp), binlog=binlog, events_sql=events_sql
+            ).start()
+            try:
+                yield DumpStream(
+                    reader=streamed,
+                    extension="tar",
+                    tool=Path(tools.dump).name,
+                    tool_version=version,
+                    command=display,
+                    format=par.PARALLEL_FORMAT,
+                    info=info,
+                )
+                manifest = streamed.finish()
+            except BaseException as exc:
+                streamed.abort()
+                if isinstance(exc, BackupFailed):
+                    exc.hint = exc.hint or (
+                        f"Check that database {db!r} exists and that user {self._user!r} has "
+                        "SELECT, SHOW VIEW, TRIGGER, EVENT, RELOAD and PROCESS (and BINLOG "
+                        "MONITOR / REPLICATION CLIENT when binary logging is on); then run: "
+                        f"vya-backupdb connection test --instance {self._instance.id}"
+                    )
+                raise
+            info["binlog"] = manifest["binlog"]
+            info["parallel"] = {
+                "workers": manifest["workers"],
+                "jobs": jobs,
+                "tables": len(manifest["tables"]),
+                "dump_seconds": round(time.monotonic() - started, 3),
+                "snapshot": manifest["snapshot"],
+            }
 
     def create_database(self, db: str, properties: dict[str, Any]) -> None:
         """Create ``db`` with the character set, collation and comment of ``properties``."""
@@ -914,18 +1032,23 @@ class MysqlEngine:
             cur.execute(f"CREATE DATABASE {quote_identifier(db)} {' '.join(clauses)}".rstrip())
 
     def restore(self, db: str, stream: Readable, options: RestoreOptions) -> None:
-        """Stream a SQL dump into ``db``, creating it with the source's properties if missing.
+        """Restore a dump into ``db``, creating it with the source's properties if missing.
 
-        ``options.tables`` is refused (UsageError): a MySQL dump is one SQL script, restored
-        whole. ``options.owner`` is ignored: MySQL databases have no owner; the DEFINERs of
-        views and routines are kept as dumped. Raise RestoreFailed with the client's stderr tail.
+        ``options.format`` ``parallel``: a tar of per-table files, loaded with up to
+        ``options.jobs`` clients; otherwise a SQL script streamed into one client.
+        ``options.tables`` is refused (UsageError): MySQL backups are restored whole.
+        ``options.owner`` is ignored: MySQL databases have no owner; the DEFINERs of views and
+        routines are kept as dumped. Raise RestoreFailed with the client's stderr tail.
         """
         if options.tables:
             raise UsageError(
-                "--tables is not supported for MySQL/MariaDB backups (they are one SQL script)",
+                "--tables is not supported for MySQL/MariaDB backups (they are restored whole)",
                 hint="Restore the whole backup into a scratch database with --target NAME, then "
                 "copy the tables you need (INSERT ... SELECT or mariadb-dump of those tables).",
             )
+        if options.format == "parallel":
+            self._restore_parallel(db, stream, options)
+            return
         tools = self._tools()
         if not self.database_exists(db):
             self.create_database(db, options.database_properties)
@@ -940,6 +1063,34 @@ class MysqlEngine:
                     f"Database {db!r} may be partly restored: restore again with --recreate, "
                     "or drop it. Dumps from a newer server (e.g. MySQL 8 collations, MariaDB's "
                     "sandbox line) may need a matching client and server."
+                )
+                raise
+
+    def _restore_parallel(self, db: str, stream: Readable, options: RestoreOptions) -> None:
+        """Load a parallel-format tar while it is extracted into a temporary directory, with up
+        to ``options.jobs`` clients (see :mod:`~vya_backupdb.engines.mysql_parallel`); ``db``
+        is created, when missing, only once the archive's schema arrives."""
+        from vya_backupdb.engines import mysql_parallel as par
+
+        tools = self._tools()
+
+        def prepare() -> None:
+            if not self.database_exists(db):
+                self.create_database(db, options.database_properties)
+
+        with (
+            tempfile.TemporaryDirectory(prefix="vya-mypar-") as tmp,
+            secret_file(make_defaults_file(self._user, self._password), suffix=".cnf") as cnf,
+        ):
+            try:
+                par.load_stream(
+                    self._parallel_login(cnf), tools.client, db, stream, Path(tmp),
+                    jobs=options.jobs, prepare=prepare,
+                )  # fmt: skip
+            except RestoreFailed as exc:
+                exc.hint = exc.hint or (
+                    f"Database {db!r} may be partly restored: restore again with --recreate, "
+                    "or drop it."
                 )
                 raise
 
@@ -965,8 +1116,10 @@ class MysqlEngine:
         sequences, one atomic ``RENAME TABLE a TO new.a, ...`` moves them (metadata only).
         Views, triggers, routines and events cannot move between databases, and recreating
         them from SHOW CREATE would mean rewriting their text; so then the database is copied:
-        dump ``old`` → restore into ``new`` → row counts compared → ``old`` dropped. ``old`` is
-        dropped only after ``new`` is complete; on failure ``new`` is removed and ``old`` stays.
+        dump ``old`` → restore into ``new`` → row counts compared → ``old`` dropped (per table
+        with ``jobs`` workers when the instance uses the parallel format and ``jobs`` > 1).
+        ``old`` is dropped only after ``new`` is complete; on failure ``new`` is removed and
+        ``old`` stays.
         Privileges granted on the database name are not moved.
         """
         if not self.database_exists(old):
@@ -1000,8 +1153,16 @@ class MysqlEngine:
     def _copy_database(self, old: str, new: str, properties: dict[str, Any]) -> None:
         expected = self.table_stats(old)
         try:
-            with self._dump(old, binlog=False) as stream:
-                self.restore(new, stream, RestoreOptions(database_properties=properties))
+            instance = self._instance
+            opted_in = (
+                instance.mysql_format == "parallel"
+                or instance.parallel_dump_above_bytes is not None
+            )
+            if instance.jobs > 1 and opted_in:
+                self._copy_parallel(old, new, properties)
+            else:
+                with self._dump(old, binlog=False) as stream:
+                    self.restore(new, stream, RestoreOptions(database_properties=properties))
             copied = self.table_stats(new)
             if copied != expected:
                 raise RestoreFailed(
@@ -1012,6 +1173,31 @@ class MysqlEngine:
             with contextlib.suppress(VyaError):
                 self.drop_database(new)
             raise
+
+    def _copy_parallel(self, old: str, new: str, properties: dict[str, Any]) -> None:
+        """Copy ``old`` into ``new`` with ``jobs`` workers each way, through a temporary
+        directory, in one snapshot as a parallel-format backup is taken."""
+        from vya_backupdb.engines import mysql_parallel as par
+
+        tools = self._tools()
+        version = tool_version(tools.dump)
+        events_sql = self._events_sql(old) if "'" in old else None
+        with (
+            tempfile.TemporaryDirectory(prefix="vya-mypar-") as tmp,
+            secret_file(make_defaults_file(self._user, self._password), suffix=".cnf") as cnf,
+        ):
+            login = self._parallel_login(cnf)
+            dumper = par.ParallelDump(
+                login,
+                par.DumpTools(tools.dump, version, self.server_info().product),
+                jobs=self._instance.jobs,
+            )
+            try:
+                dumper.dump(old, Path(tmp), binlog=False, events_sql=events_sql)
+            except BackupFailed as exc:
+                raise RestoreFailed(exc.message, hint=exc.hint, details=exc.details) from None
+            self.create_database(new, properties)
+            par.load_directory(login, tools.client, new, Path(tmp), jobs=self._instance.jobs)
 
     # -- users and grants ----------------------------------------------------------------
 

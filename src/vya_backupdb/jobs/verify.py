@@ -7,8 +7,10 @@ Levels, each including the ones before it (docs/verification.md):
 - ``integrity``: the whole object is decompressed and the dump format is checked: a PostgreSQL
   custom archive is read completely by ``pg_restore``; a directory-format tar lists completely
   and its ``toc.dat`` passes ``pg_restore --list``; plain SQL and MySQL dumps end with their
-  tool's completion trailer; a SQLite copy passes ``PRAGMA integrity_check``; a files archive
-  lists completely and agrees with its manifest.
+  tool's completion trailer; a MySQL parallel-format tar lists completely, holds its manifest
+  (written last), every file it lists with the recorded size and every table recorded; a
+  SQLite copy passes ``PRAGMA integrity_check``; a files archive lists completely and agrees
+  with its manifest.
 - ``test-restore``: the backup is restored into a temporary database (or directory), the row
   counts are compared with those captured at dump time, each table is read, the restore is
   timed, and the temporary database is dropped in every case (failure and Ctrl-C included).
@@ -579,6 +581,10 @@ class VerifyJob:
                 _check_pg_directory(stream, name)
             elif info.instance_type == "postgresql" and fmt == "plain":
                 _check_trailer(stream, name, PG_PLAIN_TRAILER, "pg_dump")
+            elif info.instance_type in ("mysql", "mariadb") and fmt == "parallel":
+                from vya_backupdb.engines.mysql_parallel import check_parallel_archive
+
+                check_parallel_archive(stream, name, _expected_tables(record))
             elif info.instance_type in ("mysql", "mariadb"):
                 _check_trailer(stream, name, MYSQL_TRAILER, "mariadb-dump/mysqldump")
             elif info.instance_type == "sqlite":
