@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from vya_backupdb.config.loader import LoadedConfig
     from vya_backupdb.config.remote import EncryptionConfig, RemoteConfig
     from vya_backupdb.engines.base import Engine
+    from vya_backupdb.jobs.store import KeyProvider
     from vya_backupdb.pipeline.encryption import EncryptionPlan, Identity
     from vya_backupdb.storage.base import Storage
 
@@ -57,12 +58,8 @@ def make_storage(settings: Settings, remote: str | None = None) -> Storage:
     """Return the primary storage, or the remote named ``remote``; raise NotFoundError.
 
     The primary is the local store, unless ``auto_upload`` with ``keep_local: false``
-    sends backups straight to the first remote. Also registers the settings' decryption
-    keys for encrypted backups read through this storage.
+    sends backups straight to the first remote.
     """
-    from vya_backupdb.jobs.store import set_identity_provider
-
-    set_identity_provider(lambda instance_id: identities_for(settings, instance_id))
     if remote is not None:
         return make_remote_storage(remote_config(settings, remote), settings=settings)
     storage = settings.storage
@@ -131,6 +128,12 @@ def encryption_for(
         register_secret(passphrase)
         recipients = [PassphraseRecipient(passphrase)]
     return EncryptionPlan(tuple(recipients))
+
+
+def keys_for(settings: Settings) -> KeyProvider:
+    """Return the decryption keys of ``settings``, per instance id, read when first needed
+    (a restore of an unencrypted backup never asks for them)."""
+    return lambda instance_id: identities_for(settings, instance_id)
 
 
 def identities_for(

@@ -22,6 +22,7 @@ from vya_backupdb.catalog.records import BackupInfo, BackupRecord, FileInfo
 from vya_backupdb.config.models import InstanceConfig
 from vya_backupdb.errors import IntegrityError, UsageError, VyaError
 from vya_backupdb.jobs.store import (
+    KeyProvider,
     StoredObject,
     check_checksum,
     open_backup_stream,
@@ -30,6 +31,7 @@ from vya_backupdb.jobs.store import (
 from vya_backupdb.pipeline.codecs import Readable, aborting, get_codec
 from vya_backupdb.pipeline.stream import HashingReader, HashingWriter
 from vya_backupdb.storage.base import Storage
+from vya_backupdb.wiring import keys_for
 
 if TYPE_CHECKING:
     from vya_backupdb.jobs.backup import BackupJob, BackupRequest, DatabaseResult
@@ -59,7 +61,9 @@ def _base_record(job: BackupJob, instance: InstanceConfig, strategy: str) -> Bac
 
 
 @contextlib.contextmanager
-def open_manifest(storage: Storage, record: BackupRecord) -> Iterator[Readable]:
+def open_manifest(
+    storage: Storage, record: BackupRecord, keys: KeyProvider | None = None
+) -> Iterator[Readable]:
     """Yield the decompressed manifest of a files backup, checked against its sha256."""
     meta = record.extra.get("manifest") or {}
     name = meta.get("name")
@@ -75,7 +79,7 @@ def open_manifest(storage: Storage, record: BackupRecord) -> Iterator[Readable]:
         if meta.get("encrypted"):
             from vya_backupdb.jobs.store import decrypt_stream
 
-            source = decrypt_stream(hashing, record, None)
+            source = decrypt_stream(hashing, record, keys)
         yield get_codec(MANIFEST_CODEC).reader(source)
         while hashing.read(1024 * 1024):
             pass
@@ -122,7 +126,10 @@ def backup_files_instance(
         )
         manifest_codec = get_codec(MANIFEST_CODEC)
         with contextlib.ExitStack() as stack:
-            base_stream = stack.enter_context(open_manifest(job.storage, base)) if base else None
+            keys = keys_for(job.settings)
+            base_stream = (
+                stack.enter_context(open_manifest(job.storage, base, keys)) if base else None
+            )
             data_sink = stack.enter_context(job.storage.put(names.data))
             manifest_sink = stack.enter_context(job.storage.put(names.manifest))
             data_hash = HashingWriter(data_sink)
@@ -264,18 +271,18 @@ def restore_files(
 
     chain = job.catalog.chain(record)
     for link in chain:  # every archive is verified before anything is written
-        check_checksum(job.storage, link)
+        check_checksum(job.storage, link, keys=job.keys)
     target = request.target or Path("/")
     if request.target is not None and not request.dry_run:
         target.mkdir(parents=True, exist_ok=True)
     storage = job.storage
 
     def opener(link_record: BackupRecord):  # type: ignore[no-untyped-def]
-        return lambda: open_backup_stream(storage, link_record)
+        return lambda: open_backup_stream(storage, link_record, keys=job.keys)
 
     links = [ChainLink(backup_id=r.id, open_archive=opener(r)) for r in chain]
     listing: list[str] = []
-    with open_manifest(storage, record) as manifest:
+    with open_manifest(storage, record, job.keys) as manifest:
         result = restore_chain(
             links,
             manifest,

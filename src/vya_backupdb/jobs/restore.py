@@ -32,7 +32,7 @@ from vya_backupdb.jobs.store import (
     open_backup_stream_direct,
 )
 from vya_backupdb.storage.local import LocalStorage
-from vya_backupdb.wiring import make_catalog, make_engine, make_storage
+from vya_backupdb.wiring import keys_for, make_catalog, make_engine, make_storage
 
 if TYPE_CHECKING:
     from vya_backupdb.config.loader import LoadedConfig
@@ -114,6 +114,7 @@ class RestoreJob:
         #: Where the backup's bytes are read from (a local copy of a remote one, see
         #: _readable_copy); safety backups are written to ``storage``.
         self.source = self.storage
+        self.keys = keys_for(self.settings)
         self.catalog = make_catalog(self.settings, self.storage)
         self.progress = progress
         self.clock = clock
@@ -247,7 +248,7 @@ class RestoreJob:
         self, record: BackupRecord, request: RestoreRequest, confirm: Confirm
     ) -> RestoreResult:
         # Integrity first: nothing touches the target before the checksum matches.
-        check_checksum(self.source, record)
+        check_checksum(self.source, record, keys=self.keys)
 
         source_instance = self.settings.instance(record.backup_info.instance)
         target_inst = (
@@ -329,7 +330,7 @@ class RestoreJob:
             database_properties=dict(extra.get("database_properties", {})),
             source_version_num=extra.get("server_version_num"),
             # Parallel workers read their own streams of the backup (no spool to disk).
-            reopen=lambda: open_backup_stream_direct(self.source, record),
+            reopen=lambda: open_backup_stream_direct(self.source, record, self.keys),
             table_weights=dict(record.stats.get("tables", {})),
         )
 
@@ -342,7 +343,7 @@ class RestoreJob:
             db,
             extra={"instance": record.backup_info.instance, "database": db, "operation": "restore"},
         )
-        with open_backup_stream(self.source, record, self.progress) as stream:
+        with open_backup_stream(self.source, record, self.progress, keys=self.keys) as stream:
             engine.restore(db, stream, options)
 
     def _safe_swap(

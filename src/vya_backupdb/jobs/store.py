@@ -34,30 +34,17 @@ if TYPE_CHECKING:
 
 S = TypeVar("S", bound=Readable)
 
-#: Returns the decryption identities configured for an instance id (set by wiring).
-IdentityProvider = Callable[[str], "Sequence[Identity]"]
-_identity_provider: IdentityProvider | None = None
+#: Returns the decryption identities configured for an instance id (wiring.keys_for).
+KeyProvider = Callable[[str], "Sequence[Identity]"]
 
 
-def set_identity_provider(provider: IdentityProvider | None) -> None:
-    """Register where encrypted backups find their keys when a caller passes none.
-
-    ``wiring.make_storage`` registers the loaded settings' keys, so restore, verify and users
-    restore decrypt without each threading identities through (they may still pass them).
-    """
-    global _identity_provider
-    _identity_provider = provider
-
-
-def _identities(record: BackupRecord, given: Sequence[Identity] | None) -> Sequence[Identity]:
-    if given is not None:
-        return given
-    if _identity_provider is None:
+def _identities(record: BackupRecord, keys: KeyProvider | None) -> Sequence[Identity]:
+    if keys is None:
         raise CredentialError(
             f"{record.file_info.name} is encrypted and no key is configured",
             hint="Set storage.encryption.identity_file (or identity_env) to the age key.",
         )
-    return _identity_provider(record.backup_info.instance)
+    return keys(record.backup_info.instance)
 
 
 def _recipients_hint(record: BackupRecord) -> str:
@@ -151,13 +138,13 @@ def check_checksum(
     storage: Storage,
     record: BackupRecord,
     *,
-    identities: Sequence[Identity] | None = None,
+    keys: KeyProvider | None = None,
     check_key: bool = True,
 ) -> str:
     """Re-hash the stored object and compare with the record and the sidecar.
 
-    For an encrypted backup (and ``check_key``), also open its header with the configured
-    keys, so a missing or wrong key stops a restore before its target is touched.
+    For an encrypted backup (and ``check_key``), also open its header with ``keys``, so a
+    missing or wrong key stops a restore before its target is touched.
     Return the sha256; raise IntegrityError naming the kind of damage, CredentialError when
     the backup is encrypted and no configured key opens it.
     """
@@ -201,13 +188,11 @@ def check_checksum(
         )
     if check_key and record.file_info.encryption:
         with storage.get(name) as reader:
-            decrypt_stream(reader, record, identities)
+            decrypt_stream(reader, record, keys)
     return digest
 
 
-def decrypt_stream(
-    source: Readable, record: BackupRecord, identities: Sequence[Identity] | None
-) -> Readable:
+def decrypt_stream(source: Readable, record: BackupRecord, keys: KeyProvider | None) -> Readable:
     from vya_backupdb.pipeline.encryption import NAME, decrypting_reader
 
     if record.file_info.encryption != NAME:
@@ -216,7 +201,7 @@ def decrypt_stream(
             hint="It was written by a newer version of vya-backupdb; upgrade to restore it.",
         )
     try:
-        return decrypting_reader(source, _identities(record, identities), record.file_info.name)
+        return decrypting_reader(source, _identities(record, keys), record.file_info.name)
     except CredentialError as exc:
         raise CredentialError(exc.message, hint=_recipients_hint(record)) from None
 
@@ -227,20 +212,21 @@ def open_backup_stream(
     record: BackupRecord,
     progress: Callable[[int], None] | None = None,
     *,
-    identities: Sequence[Identity] | None = None,
+    keys: KeyProvider | None = None,
 ) -> Iterator[Readable]:
     """Yield the decrypted, decompressed content of a backup; raise IntegrityError at exit
     when the bytes read do not match the recorded checksum (a second line of defence).
 
-    Encrypted backups use ``identities`` or else the keys configured for the record's
-    instance; raise CredentialError (before yielding) when none opens it.
+    Encrypted backups are opened with ``keys`` (the identities configured for the record's
+    instance, see ``wiring.keys_for``); raise CredentialError (before yielding) when none
+    is given or none opens it.
     """
     codec = get_codec(record.file_info.compression)
     with storage.get(record.file_info.name) as raw:
         hashing = HashingReader(raw)
         counted: Readable = CountingReader(hashing, progress)
         if record.file_info.encryption:
-            counted = decrypt_stream(counted, record, identities)
+            counted = decrypt_stream(counted, record, keys)
         reader = codec.reader(counted)
         # Decompress/decrypt on a thread of its own, overlapping the consumer's writes.
         ahead = ReadAhead(reader) if codec.name != "none" or record.file_info.encryption else None
@@ -274,7 +260,9 @@ _DECOMPRESSORS: dict[str, list[list[str]]] = {
 
 
 @contextlib.contextmanager
-def open_backup_stream_direct(storage: Storage, record: BackupRecord) -> Iterator[Readable]:
+def open_backup_stream_direct(
+    storage: Storage, record: BackupRecord, keys: KeyProvider | None = None
+) -> Iterator[Readable]:
     """Like :func:`open_backup_stream`, for a backup whose checksum was already verified:
     when it is a local, unencrypted file and the codec's command-line decompressor is
     installed, yield that tool's output (a ToolReader that feed() connects straight to the
@@ -287,7 +275,7 @@ def open_backup_stream_direct(storage: Storage, record: BackupRecord) -> Iterato
     tools = _DECOMPRESSORS.get(record.file_info.compression, [])
     argv = next((t for t in tools if shutil.which(t[0])), None)
     if path is None or record.file_info.encryption or argv is None:
-        with open_backup_stream(storage, record) as stream:
+        with open_backup_stream(storage, record, keys=keys) as stream:
             yield stream
         return
     command = Command([shutil.which(argv[0]) or argv[0], *argv[1:], path])

@@ -54,13 +54,13 @@ def restore_users(
     """Apply a users file to the source (or target) instance; return the names applied."""
     job = RestoreJob(loaded)
     record = users_record(loaded, file)
-    check_checksum(job.storage, record)
+    check_checksum(job.storage, record, keys=job.keys)
     instance = loaded.settings.instance(target_instance or record.backup_info.instance)
     what = "all users" if users == "all" else ", ".join(users)
     if not confirm(f"Apply {what} from {record.file_info.name} to instance {instance.id!r}?"):
         raise UsageError("users restore cancelled: nothing was changed", hint="")
     engine = make_engine(loaded, instance)
-    with open_backup_stream(job.storage, record) as stream:
+    with open_backup_stream(job.storage, record, keys=job.keys) as stream:
         return engine.restore_globals(stream, users, exclude)
 
 

@@ -55,7 +55,7 @@ from vya_backupdb.errors import (
 from vya_backupdb.jobs.store import check_checksum, open_backup_stream
 from vya_backupdb.pipeline.codecs import CODECS
 from vya_backupdb.pipeline.stream import sha256_of
-from vya_backupdb.wiring import make_catalog, make_engine, make_storage
+from vya_backupdb.wiring import keys_for, make_catalog, make_engine, make_storage
 
 if TYPE_CHECKING:
     from vya_backupdb.config.loader import LoadedConfig
@@ -256,6 +256,7 @@ class VerifyJob:
         self.settings = loaded.settings
         self.storage = storage or make_storage(self.settings)
         self.catalog = make_catalog(self.settings, self.storage)
+        self.keys = keys_for(self.settings)
         self.engine_factory = engine_factory
         self.clock = clock
         self.progress = progress
@@ -519,7 +520,7 @@ class VerifyJob:
         """Re-hash the object; when it disagrees, tell whether the object, its sidecar or its
         metadata is at fault. Raise IntegrityError."""
         try:
-            check_checksum(self.storage, record)
+            check_checksum(self.storage, record, keys=self.keys)
         except IntegrityError as exc:
             blamed = self._blame_metadata(record)
             if blamed is not None:
@@ -569,7 +570,7 @@ class VerifyJob:
         fmt = info.dump_format or record.file_info.extension
         name = record.file_info.name
         with open_backup_stream(
-            self.storage, record, self._progress(record, "integrity")
+            self.storage, record, self._progress(record, "integrity"), keys=self.keys
         ) as stream:
             if record.kind == "files":
                 members = _list_tar(stream, name)
@@ -600,7 +601,7 @@ class VerifyJob:
         from vya_backupdb.jobs.files import open_manifest
 
         own = 0
-        with open_manifest(self.storage, record) as manifest:
+        with open_manifest(self.storage, record, self.keys) as manifest:
             for entry in read_manifest(manifest):
                 if entry.backup == record.id:
                     own += 1
@@ -650,7 +651,7 @@ class VerifyJob:
         try:
             started = time.monotonic()
             reporting = self._progress(record, "test-restore")
-            with open_backup_stream(self.storage, record, reporting) as stream:
+            with open_backup_stream(self.storage, record, reporting, keys=self.keys) as stream:
                 engine.restore(temp_db, stream, options)
             result.restore_seconds = round(time.monotonic() - started, 3)
             check = compare_row_counts(_expected_tables(record), engine.table_stats(temp_db))
@@ -665,7 +666,7 @@ class VerifyJob:
         started = time.monotonic()
         with (
             open_backup_stream(
-                self.storage, record, self._progress(record, "test-restore")
+                self.storage, record, self._progress(record, "test-restore"), keys=self.keys
             ) as stream,
             _spooled_sqlite(stream) as path,
         ):
@@ -688,7 +689,7 @@ class VerifyJob:
             started = time.monotonic()
             restore_files(job, record, FilesRestoreRequest(target=Path(tmp), existing="error"))
             result.restore_seconds = round(time.monotonic() - started, 3)
-            with open_manifest(self.storage, record) as manifest:
+            with open_manifest(self.storage, record, self.keys) as manifest:
                 check = compare_tree(manifest, Path(tmp))
         result.row_check = check
         if check["mismatched"]:
