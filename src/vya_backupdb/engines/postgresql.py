@@ -3,8 +3,10 @@
 Dump formats (``instance.format``):
 
 * ``custom`` (default): ``pg_dump -Fc -Z0`` streamed; our pipeline compresses. Extension ``dump``.
-  Restore: ``pg_restore`` reading stdin. A selective (``--tables``) or parallel (``jobs > 1``)
-  restore needs a seekable archive, so the stream is then spooled to a temporary file first.
+  Restore: ``pg_restore`` reading stdin. A parallel restore (``jobs > 1``) runs the schema from
+  the archive's TOC, then data workers that each read their own stream of the backup, then the
+  rest with ``pg_restore --jobs`` (engines/pg_archive.py; no spool). A selective restore
+  (``--tables``), or an archive that path cannot read, is spooled to a temporary file first.
 * ``plain``: ``pg_dump -Fp``, extension ``sql``; restored with ``psql -v ON_ERROR_STOP=1``
   through :class:`~vya_backupdb.engines.pg_compat.PlainDumpFilter` (newer-to-older fixes).
 * ``directory``: ``pg_dump -Fd -j N`` into a temporary directory, streamed as a tar of that
