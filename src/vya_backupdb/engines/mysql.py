@@ -90,6 +90,7 @@ CLIENT_TOOLS: dict[str, tuple[str, ...]] = {
     "mysql": ("mysql", "mariadb"),
 }
 
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
 DUMP_OPTIONS: tuple[str, ...] = (
     "--single-transaction",
     "--quick",
@@ -715,6 +716,10 @@ class MysqlEngine:
         else:
             kwargs["host"] = self._instance.effective_host
             kwargs["port"] = self._instance.effective_port
+        if self._instance.socket is not None or kwargs["host"] in _LOOPBACK:
+            # PyMySQL otherwise builds a TLS context per connection (~50 ms of CA loading)
+            # and encrypts loopback traffic; the client tools do not use TLS here either.
+            kwargs["ssl_disabled"] = True
         try:
             return pymysql.connect(**kwargs)
         except pymysql.err.MySQLError as exc:
