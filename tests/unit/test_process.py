@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import time
+from pathlib import Path
 
 import pytest
 
@@ -79,3 +80,27 @@ def test_find_tool_missing_names_the_package() -> None:
     with pytest.raises(ToolMissing) as caught:
         find_tool(["vya-no-such-tool"], "some-package")
     assert "apt-get install some-package" in caught.value.hint
+
+
+def test_find_tool_skips_debians_pg_wrapper_for_the_versioned_binary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vya_backupdb.engines import process
+
+    wrapper = tmp_path / "share" / "pg_wrapper"
+    wrapper.parent.mkdir()
+    wrapper.write_text("#!/bin/sh\n")
+    wrapper.chmod(0o755)
+    on_path = tmp_path / "bin"
+    on_path.mkdir()
+    (on_path / "pg_dump").symlink_to(wrapper)
+    versioned = tmp_path / "lib" / "17" / "bin"
+    versioned.mkdir(parents=True)
+    (versioned / "pg_dump").write_text("#!/bin/sh\n")
+    (versioned / "pg_dump").chmod(0o755)
+    monkeypatch.setenv("PATH", str(on_path))
+    monkeypatch.setattr(process, "_EXTRA_TOOL_DIRS", [str(versioned)])
+    assert process.find_tool(["pg_dump"], "postgresql-client") == str(versioned / "pg_dump")
+    # Without a versioned binary the wrapper is still better than nothing.
+    monkeypatch.setattr(process, "_EXTRA_TOOL_DIRS", [])
+    assert process.find_tool(["pg_dump"], "postgresql-client") == str(on_path / "pg_dump")
