@@ -428,6 +428,36 @@ def measure(args: argparse.Namespace, work: Path, pg: Any, my: Any, report: Repo
         "PostgreSQL restore `--mode fast --jobs 2` vs `pg_restore -j 2`", vya_r2, nat_r2,
         target="≤ 1.15×", limit=1.15,
     )  # fmt: skip
+
+    def native_restore_stored(jobs: int) -> Callable[[], float]:
+        """What a DBA does by hand with the same stored backup: decompress it to a file
+        (pg_restore -j needs one), then pg_restore -j."""
+
+        def go() -> float:
+            pg.drop_db("r_native")
+            stored = sorted(store.rglob("bench_*_full.dump.zst"), key=lambda p: p.stat().st_mtime)
+            spool = raw / "from-stored.dump"
+            unpack = [zstd, "-dcq", str(stored[-1])]
+            argv = [pg_restore, "--exit-on-error", "-j", str(jobs), "-d", "r_native", str(spool)]
+            wall = timed(
+                lambda: (
+                    run_pipeline([unpack], stdout=spool),
+                    pg.create_db("r_native"),
+                    run_pipeline([argv], env=env),
+                )
+            )
+            spool.unlink()
+            pg.drop_db("r_native")
+            return wall
+
+        return go
+
+    vya_s2, nat_s2 = alternate(runs, vya_restore(2), native_restore_stored(2))
+    report.compare(
+        "PostgreSQL restore `--jobs 2` vs `zstd -dc stored > f && pg_restore -j 2 f` "
+        "(same stored backup)", vya_s2, nat_s2,
+        target="(≤ 1.00×, informative)", limit=1.0,
+    )  # fmt: skip
     vya_r1, nat_r1 = alternate(runs, vya_restore(1), native_restore(1))
     report.compare(
         "PostgreSQL restore single stream vs `pg_restore`", vya_r1, nat_r1,

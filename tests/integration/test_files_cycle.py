@@ -8,6 +8,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -21,6 +22,23 @@ pytestmark = pytest.mark.integration
 runner = CliRunner()
 
 
+def _config(
+    tmp_path: Path, src: Path, storage: dict[str, Any] | None = None, **instance: Any
+) -> Path:
+    """Write a config with one files instance ``f`` over ``src`` and a store in ``b``."""
+    config = tmp_path / "config.yaml"
+    entry = {"id": "f", "type": "files", "paths": [f"{src}/**"], **instance}
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "storage": {"base_path": str(tmp_path / "b"), **(storage or {})},
+                "instances": [entry],
+            }
+        )
+    )
+    return config
+
+
 def _vya(config: Path, *args: str) -> tuple[int, str, str]:
     result = runner.invoke(app, ["--config", str(config), *args])
     return result.exit_code, result.output, result.stdout
@@ -29,17 +47,7 @@ def _vya(config: Path, *args: str) -> tuple[int, str, str]:
 def test_files_cli_chain_backup_and_restore_each_point(tmp_path: Path) -> None:
     src = tmp_path / "src"
     _build_tree(src)
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "storage": {"base_path": str(tmp_path / "b")},
-                "instances": [
-                    {"id": "f", "type": "files", "paths": [f"{src}/**"], "exclude": ["*.tmp"]}
-                ],
-            }
-        )
-    )
+    config = _config(tmp_path, src, exclude=["*.tmp"])
     _write(src / "ignored.tmp", b"excluded by pattern\n")
     points: list[tuple[str, dict[str, object]]] = []
 
@@ -132,17 +140,8 @@ def test_files_backup_encrypted_restores_and_opens_with_standard_tools(tmp_path:
     secret, public = generate_identity()
     key = tmp_path / "age.key"
     write_identity_file(key, secret, public)
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "storage": {
-                    "base_path": str(tmp_path / "b"),
-                    "encryption": {"recipients": [public], "identity_file": str(key)},
-                },
-                "instances": [{"id": "f", "type": "files", "paths": [f"{src}/**"]}],
-            }
-        )
+    config = _config(
+        tmp_path, src, storage={"encryption": {"recipients": [public], "identity_file": str(key)}}
     )
     code, out, _ = _vya(config, "backup", "f")
     assert code == 0, out
@@ -171,15 +170,7 @@ def test_files_backup_encrypted_restores_and_opens_with_standard_tools(tmp_path:
 def test_files_backup_reports_progress_lines_when_not_a_terminal(tmp_path: Path) -> None:
     src = tmp_path / "src"
     _build_tree(src)
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "storage": {"base_path": str(tmp_path / "b")},
-                "instances": [{"id": "f", "type": "files", "paths": [f"{src}/**"]}],
-            }
-        )
-    )
+    config = _config(tmp_path, src)
     result = runner.invoke(
         app, ["--config", str(config), "backup", "f", "--progress-interval", "0"]
     )

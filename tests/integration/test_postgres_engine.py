@@ -582,15 +582,31 @@ def test_postgres_engine_restore_with_owner_reassigns_ownership(
         pg_server.drop_db(target)
 
 
-def test_postgres_engine_parallel_restore_streams_without_spool_and_is_exact(
-    pg_server: PgServer, tricky_db: str, tmp_path: Path
+@pytest.mark.parametrize(
+    ("dump_options", "jobs", "streams"),
+    [
+        # Each data worker reads its own stream (reopen): two extra streams for three jobs.
+        ([], 3, 2),
+        # Compressed by pg_dump itself: not readable from streams, so spooled (no reopen),
+        # losing none of the bytes already read.
+        (["--compress=6"], 2, 0),
+    ],
+    ids=["streamed", "pg-dump-compressed-spooled"],
+)
+def test_postgres_engine_parallel_restore_is_exact(
+    pg_server: PgServer,
+    tricky_db: str,
+    tmp_path: Path,
+    dump_options: list[str],
+    jobs: int,
+    streams: int,
 ) -> None:
-    """jobs > 1 on a custom dump: each data worker reads its own stream (reopen), nothing is
-    spooled, and the copy is exact — large objects, sequences, ACLs, comments included."""
-    engine = _engine(pg_server, jobs=2)
+    """jobs > 1 on a custom dump restores exactly — large objects, sequences, ACLs,
+    comments included — with no spool when the archive can be read from streams."""
+    engine = _engine(pg_server, dump_options=dump_options)
     dump_file = tmp_path / "tricky.dump"
     _dump_to_file(engine, tricky_db, dump_file)
-    target = "parallel streamed «ünï»"
+    target = f"parallel «ünï» {streams}"
     pg_server.drop_db(target)
     reopen = _Reopener(dump_file)
     try:
@@ -601,12 +617,12 @@ def test_postgres_engine_parallel_restore_streams_without_spool_and_is_exact(
             RestoreOptions(
                 database_properties=engine.database_properties(tricky_db),
                 source_version_num=engine.version_num,
-                jobs=3,
+                jobs=jobs,
                 reopen=reopen,
                 table_weights=engine.table_stats(tricky_db),
             ),
         )
-        assert reopen.opened == 2
+        assert reopen.opened == streams
         assert compare_databases(pg_server, tricky_db, pg_server, target) == []
     finally:
         pg_server.drop_db(target)
@@ -628,35 +644,6 @@ def test_postgres_engine_parallel_restore_worker_failure_fails_and_drops_the_new
             RestoreOptions(jobs=2, reopen=_Reopener(dump_file, fail=True)),
         )
     assert not engine.database_exists(target)
-
-
-def test_postgres_engine_parallel_restore_of_a_pg_dump_compressed_archive_spools(
-    pg_server: PgServer, tricky_db: str, tmp_path: Path
-) -> None:
-    """An archive compressed by pg_dump itself (dump_options: --compress=6) cannot be read
-    from streams: the engine falls back to spooling it, losing none of the bytes read."""
-    engine = _engine(pg_server, dump_options=["--compress=6"])
-    dump_file = tmp_path / "compressed.dump"
-    _dump_to_file(engine, tricky_db, dump_file)
-    target = "parallel from spool"
-    pg_server.drop_db(target)
-    reopen = _Reopener(dump_file)
-    try:
-        _restore_file(
-            engine,
-            target,
-            dump_file,
-            RestoreOptions(
-                database_properties=engine.database_properties(tricky_db),
-                source_version_num=engine.version_num,
-                jobs=2,
-                reopen=reopen,
-            ),
-        )
-        assert reopen.opened == 0
-        assert compare_databases(pg_server, tricky_db, pg_server, target) == []
-    finally:
-        pg_server.drop_db(target)
 
 
 def test_postgres_engine_restore_of_a_damaged_archive_fails_cleanly(

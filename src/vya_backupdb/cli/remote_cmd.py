@@ -30,6 +30,30 @@ IntervalOption = Annotated[
 ]
 
 
+def _transfer(
+    ctx: typer.Context,
+    verb: str,
+    name: str,
+    names: list[str],
+    force: bool,
+    json_out: bool,
+    no_progress: bool,
+    interval: float,
+) -> None:
+    """Run ``remote upload|download`` with progress, then print the result."""
+    from vya_backupdb.cli.progress import display_for, showing
+    from vya_backupdb.jobs import remote as jobs
+
+    app = get_app(ctx)
+    run = jobs.upload if verb == "upload" else jobs.download
+    display = display_for(app, enabled=not no_progress, interval=interval)
+    with showing(display):
+        result = run(
+            app.loaded(), name, names, force=force, progress=display.transfer_factory(verb)
+        )
+    _render_transfer(ctx, f"{verb}ed", result, json_out)
+
+
 def _render_transfer(ctx: typer.Context, verb: str, result: object, json_out: bool) -> None:
     from vya_backupdb.jobs.remote import TransferResult
 
@@ -117,20 +141,8 @@ def register(app: typer.Typer) -> None:
         progress_interval: IntervalOption = 10.0,
     ) -> None:
         """Copy local backups to the remote NAME (data, sidecar, then the record)."""
-        from vya_backupdb.cli.progress import display_for, showing
-        from vya_backupdb.jobs.remote import upload as run
-
-        app = get_app(ctx)
-        display = display_for(app, enabled=not no_progress, interval=progress_interval)
-        with showing(display):
-            result = run(
-                app.loaded(),
-                name,
-                _names(backups, all_),
-                force=force,
-                progress=display.transfer_factory("upload"),
-            )
-        _render_transfer(ctx, "uploaded", result, json_out)
+        _transfer(ctx, "upload", name, _names(backups, all_), force, json_out,
+                  no_progress, progress_interval)  # fmt: skip
 
     @remote.command("download")
     @handle_errors
@@ -145,20 +157,8 @@ def register(app: typer.Typer) -> None:
         progress_interval: IntervalOption = 10.0,
     ) -> None:
         """Copy backups from the remote NAME into the local store."""
-        from vya_backupdb.cli.progress import display_for, showing
-        from vya_backupdb.jobs.remote import download as run
-
-        app = get_app(ctx)
-        display = display_for(app, enabled=not no_progress, interval=progress_interval)
-        with showing(display):
-            result = run(
-                app.loaded(),
-                name,
-                _names(backups, all_),
-                force=force,
-                progress=display.transfer_factory("download"),
-            )
-        _render_transfer(ctx, "downloaded", result, json_out)
+        _transfer(ctx, "download", name, _names(backups, all_), force, json_out,
+                  no_progress, progress_interval)  # fmt: skip
 
     @remote.command("test")
     @handle_errors
