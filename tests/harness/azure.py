@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from harness.postgres import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 AZURITE = ROOT / ".cache" / "azurite" / "node_modules" / ".bin" / "azurite-blob"
 #: Azurite's documented development account (public; it only opens the local emulator).
@@ -27,12 +29,6 @@ ACCOUNT = "devstoreaccount1"
 ACCOUNT_KEY = (
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -108,7 +104,7 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
     if shutil.which("node") is None:
         pytest.fail("Azurite needs Node.js (node) on PATH: run scripts/bootstrap.sh", pytrace=False)
     location = tmp_path_factory.mktemp("azurite")
-    port = _free_port()
+    port = free_port()
     log = (location / "azurite.log").open("wb")
     argv = [command, "--blobHost", "127.0.0.1", "--blobPort", str(port)]
     argv += ["--location", str(location), "--silent", "--skipApiVersionCheck", "--loose"]

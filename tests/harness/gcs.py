@@ -10,18 +10,13 @@ Import the fixture into a test module: ``from harness.gcs import gcs_server  # n
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from harness.postgres import free_port
 
 
 @dataclass(frozen=True)
@@ -84,7 +79,7 @@ def gcs_server() -> Iterator[GcsServer]:
     """Yield a running GCS emulator on 127.0.0.1 (stopped afterwards)."""
     from gcp_storage_emulator.server import create_server
 
-    port = _free_port()
+    port = free_port()
     server = create_server("127.0.0.1", port, in_memory=True)
     server.start()
     try:

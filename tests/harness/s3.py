@@ -5,20 +5,15 @@ Import the fixture into a test module: ``from harness.s3 import s3_endpoint  # n
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from harness.postgres import free_port
+
 ACCESS_KEY = "vya-test-access"
 SECRET_KEY = "vya-test-secret-key"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
@@ -26,7 +21,7 @@ def s3_endpoint() -> Iterator[str]:
     """Yield the endpoint URL of a throwaway S3 server on 127.0.0.1 (stopped afterwards)."""
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:

@@ -19,13 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from harness.postgres import free_port
+
 SSHD = "/usr/sbin/sshd"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -69,7 +65,7 @@ def sftp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SftpServer
         )
     (base / "authorized_keys").write_text((base / "user_key.pub").read_text())
     (base / "authorized_keys").chmod(0o600)
-    port = _free_port()
+    port = free_port()
     host_pub = (base / "host_key.pub").read_text().split()
     (base / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
     config = base / "sshd_config"

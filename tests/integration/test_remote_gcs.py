@@ -9,10 +9,8 @@ the service account's registered key (``invalid_grant`` otherwise).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
 import threading
 import urllib.parse
 from collections.abc import Iterator
@@ -22,21 +20,40 @@ from typing import Any
 
 import pytest
 import requests
-import yaml
-from typer.testing import CliRunner
+from remote_helpers import (
+    OBJECT_STORE_CHECKS,
+    assert_no_local_files,
+    check_backup_ok,
+    check_chunked_reads,
+    check_encrypted_listing,
+    check_interrupted_overwrite_keeps_previous,
+    check_interrupted_uploads_leave_nothing,
+    check_list_sorted_by_prefix,
+    check_lists_and_verifies,
+    check_missing_container,
+    check_missing_variable_exits_3,
+    check_persistent_failure,
+    check_remote_test_ok,
+    check_restore_after_local_loss,
+    check_restore_matches,
+    check_small_and_empty_objects,
+    demo_with_encryption,
+    read_digest,
+    vya,
+    write_config,
+    write_object,
+)
 
 from harness.gcs import GcsServer, gcs_server  # noqa: F401
-from vya_backupdb.cli.app import app
-from vya_backupdb.errors import CredentialError, NotFoundError, StorageError
-from vya_backupdb.jobs.demo import create_sqlite_demo, sqlite_fingerprint
-from vya_backupdb.pipeline.encryption import generate_identity, write_identity_file
+from vya_backupdb.errors import CredentialError, NotFoundError
+from vya_backupdb.jobs.demo import create_sqlite_demo
 from vya_backupdb.storage.gcs import CHUNK_MULTIPLE, MIB, GcsStorage
 
 pytestmark = pytest.mark.integration
 
-runner = CliRunner()
 _counter = iter(range(10**6))
 CHUNK = 4 * CHUNK_MULTIPLE  # 1 MiB
+BLOCK = 200_000  # the size of each write: not a divisor of the chunk size, writes straddle chunks
 
 
 @pytest.fixture
@@ -45,26 +62,7 @@ def bucket(gcs_server: GcsServer) -> str:  # noqa: F811
 
 
 def _write(storage: GcsStorage, name: str, size: int, fail: bool = False) -> str:
-    digest = hashlib.sha256()
-    block = os.urandom(200_000)  # not a divisor of the chunk size: writes straddle chunks
-    with storage.put(name) as writer:
-        written = 0
-        while written < size:
-            chunk = block[: min(len(block), size - written)]
-            writer.write(chunk)
-            digest.update(chunk)
-            written += len(chunk)
-        if fail:
-            raise RuntimeError("dump died")
-    return digest.hexdigest()
-
-
-def _read(storage: Any, name: str) -> str:
-    digest = hashlib.sha256()
-    with storage.get(name) as reader:
-        while chunk := reader.read(100_000):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return write_object(storage, name, size, block=BLOCK, fail=fail)
 
 
 class _RecordingSession:
@@ -101,14 +99,7 @@ def test_gcs_resumable_upload_sends_chunks_and_reads_back_exactly(
         ("PUT", f"bytes {2 * MIB}-{3 * MIB - 1}/*"),
         ("PUT", f"bytes {3 * MIB}-{size - 1}/{size}"),  # the total size finalizes
     ]
-    assert _read(storage, "h/i/db/x.dump.zst") == expected  # read in 1 MiB ranged chunks
-    assert storage.stat("h/i/db/x.dump.zst").size == size
-    with storage.get("h/i/db/x.dump.zst") as reader:
-        head = reader.read(MIB + 10)  # never more than one chunk per read
-    assert len(head) == MIB
-    assert storage.read_range("h/i/db/x.dump.zst", MIB - 5, 10) == b"".join(
-        (head[-5:], storage.read_range("h/i/db/x.dump.zst", MIB, 5))
-    )
+    check_chunked_reads(storage, "h/i/db/x.dump.zst", expected, size, MIB)  # 1 MiB chunks
 
 
 def test_gcs_exact_multiple_of_the_chunk_is_finalized_by_an_empty_request(
@@ -119,7 +110,7 @@ def test_gcs_exact_multiple_of_the_chunk_is_finalized_by_an_empty_request(
     storage = gcs_server.storage(bucket, "", session=session, part_size=CHUNK)
     expected = _write(storage, "x", 2 * MIB)
     assert session.requests[-1] == ("PUT", f"bytes */{2 * MIB}")
-    assert _read(storage, "x") == expected
+    assert read_digest(storage, "x") == expected
 
 
 def test_gcs_small_object_is_one_request_at_the_end(
@@ -130,10 +121,7 @@ def test_gcs_small_object_is_one_request_at_the_end(
     storage = gcs_server.storage(bucket, "", session=session, part_size=CHUNK)
     expected = _write(storage, "a/small", 1000)
     assert session.requests == []  # no resumable session: one upload by the client library
-    assert _read(storage, "a/small") == expected
-    _write(storage, "a/empty", 0)
-    assert storage.stat("a/empty").size == 0
-    assert _read(storage, "a/empty") == hashlib.sha256(b"").hexdigest()
+    check_small_and_empty_objects(storage, expected, block=BLOCK)
 
 
 def test_gcs_interrupted_upload_leaves_no_object_and_is_never_finalized(
@@ -142,13 +130,7 @@ def test_gcs_interrupted_upload_leaves_no_object_and_is_never_finalized(
 ) -> None:
     session = _RecordingSession(_session())
     storage = gcs_server.storage(bucket, "backups", session=session, part_size=CHUNK)
-    with pytest.raises(RuntimeError):
-        _write(storage, "a/big.dump", 2 * MIB + 10, fail=True)
-    with pytest.raises(RuntimeError):
-        _write(storage, "a/small.dump", 1000, fail=True)
-    assert not storage.exists("a/big.dump")
-    assert not storage.exists("a/small.dump")
-    assert list(storage.list("")) == []
+    check_interrupted_uploads_leave_nothing(storage, 2 * MIB + 10, block=BLOCK)
     # Two open-ended chunks went out, then a cancel (DELETE) instead of a final request.
     assert session.requests == [
         ("POST", ""),
@@ -165,11 +147,7 @@ def test_gcs_interrupted_overwrite_keeps_the_previous_object_intact(
     bucket: str,
 ) -> None:
     storage = gcs_server.storage(bucket, "", part_size=CHUNK)
-    first = _write(storage, "x", 2 * MIB + 1)
-    with pytest.raises(RuntimeError):
-        _write(storage, "x", 3 * MIB, fail=True)
-    assert _read(storage, "x") == first
-    assert storage.stat("x").size == 2 * MIB + 1
+    check_interrupted_overwrite_keeps_previous(storage, MIB, block=BLOCK)
 
 
 def test_gcs_list_is_sorted_and_filtered_by_prefix(
@@ -177,12 +155,7 @@ def test_gcs_list_is_sorted_and_filtered_by_prefix(
     bucket: str,
 ) -> None:
     storage = gcs_server.storage(bucket, "p", page_size=2)
-    names = [f"h/i/{n}" for n in ("e", "a", "d", "b", "c")] + ["h/j/z", "other"]
-    for name in names:
-        _write(storage, name, 10)
-    assert [o.name for o in storage.list("h/i/")] == sorted(names)[:5]
-    assert [o.name for o in storage.list("")] == sorted(names)
-    assert next(iter(storage.list("other"))).size == 10
+    check_list_sorted_by_prefix(storage, block=BLOCK)
 
 
 class _FlakySession:
@@ -224,7 +197,7 @@ def test_gcs_transient_chunk_failures_are_retried_from_what_the_service_kept(
     storage = gcs_server.storage(bucket, "p", session=flaky, part_size=CHUNK, retries=3)
     expected = _write(storage, "x", 3 * MIB + 5)
     assert flaky.failures == 0
-    assert _read(storage, "x") == expected
+    assert read_digest(storage, "x") == expected
     assert storage.stat("x").size == 3 * MIB + 5
 
 
@@ -234,22 +207,14 @@ def test_gcs_persistent_failure_gives_storage_error_and_no_object(
 ) -> None:
     flaky = _FlakySession(_session(), 100, after_sending=False)
     storage = gcs_server.storage(bucket, "p", session=flaky, part_size=CHUNK, retries=1)
-    with pytest.raises(StorageError, match="after 2 attempt"):
-        _write(storage, "x", 2 * MIB)
-    assert not storage.exists("x")
+    check_persistent_failure(storage, 2 * MIB, block=BLOCK)
 
 
 def test_gcs_missing_bucket_is_a_storage_error_with_a_hint(
     gcs_server: GcsServer,  # noqa: F811
 ) -> None:
     storage = gcs_server.storage("no-such-bucket", part_size=CHUNK)
-    with pytest.raises(StorageError) as caught:
-        list(storage.list(""))
-    assert not isinstance(caught.value, NotFoundError)
-    assert "does not exist" in caught.value.message
-    assert "gcloud storage buckets create" in caught.value.hint
-    with pytest.raises(StorageError, match="does not exist"):
-        _write(storage, "x", 2 * MIB)
+    check_missing_container(storage, "gcloud storage buckets create", 2 * MIB, block=BLOCK)
 
 
 # -- a Google-like OAuth token endpoint for service-account keys ----------------------------------
@@ -344,60 +309,21 @@ def token_server() -> Iterator[tuple[_TokenServer, str, str]]:
 
 
 # -- through the CLI -------------------------------------------------------------------------
-def _config(tmp_path: Path, remote: dict[str, object], **storage: Any) -> Path:
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "hostname": "testhost",
-                "storage": {"base_path": str(tmp_path / "backups"), "remotes": [remote], **storage},
-                "instances": [{"id": "lite", "type": "sqlite", "paths": [f"{tmp_path}/data/*.db"]}],
-            }
-        )
-    )
-    return config
-
-
-def _vya(config: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
-    result = runner.invoke(app, ["--config", str(config), *args], env=env or {})
-    # stdout only: log lines go to stderr and would break the JSON.
-    return result.exit_code, result.stdout if result.exit_code == 0 else result.output
-
-
 def test_gcs_keep_local_false_backup_lists_verifies_and_restores_from_the_remote(
     tmp_path: Path,
     gcs_server: GcsServer,  # noqa: F811
     bucket: str,
 ) -> None:
     create_sqlite_demo(tmp_path / "data" / "shop.db")
-    config = _config(tmp_path, gcs_server.remote(bucket), auto_upload=True, keep_local=False)
-    code, out = _vya(config, "backup", "lite", "--no-users", "--json")
-    assert code == 0, out
-    [result] = json.loads(out)["results"]
-    assert result["status"] == "success" and result["warnings"] == []
-    local = tmp_path / "backups"
-    assert not local.exists() or not any(p.is_file() for p in local.rglob("*"))
+    config = write_config(tmp_path, gcs_server.remote(bucket), auto_upload=True, keep_local=False)
+    check_backup_ok(config, "--no-users")
+    assert_no_local_files(tmp_path)
     names = [b.name for b in gcs_server.client().list_blobs(bucket)]
     assert any(n.startswith("vya/testhost/lite/") and n.endswith(".sqlite.zst") for n in names)
     assert any(n.endswith(".sqlite.zst.sha256") for n in names)
     assert any(n.endswith(".metadata.json") for n in names)
-
-    code, out = _vya(config, "list", "--remote", "offsite", "--json")
-    assert code == 0, out
-    [entry] = json.loads(out)["backups"]
-    assert entry["database"] == "shop.db"
-
-    code, out = _vya(config, "verify", "lite", "--remote", "offsite", "--json")
-    assert code == 0, out
-    assert [r["outcome"] for r in json.loads(out)["results"]] == ["ok"]
-
-    code, out = _vya(
-        config, "restore", "lite", "-d", "shop.db", "--latest", "--remote", "offsite",
-        "--target", "back.db",
-    )  # fmt: skip
-    assert code == 0, out
-    data = tmp_path / "data"
-    assert sqlite_fingerprint(data / "back.db") == sqlite_fingerprint(data / "shop.db")
+    check_lists_and_verifies(config)
+    check_restore_matches(tmp_path, config, "--remote", "offsite", target="back.db")
 
 
 def test_gcs_encrypted_backup_with_a_service_account_key_restores_exactly(
@@ -407,32 +333,15 @@ def test_gcs_encrypted_backup_with_a_service_account_key_restores_exactly(
     token_server: tuple[_TokenServer, str, str],
 ) -> None:
     server, good_key, _ = token_server
-    create_sqlite_demo(tmp_path / "data" / "shop.db")
-    secret, public = generate_identity()
-    write_identity_file(tmp_path / "age.key", secret, public)
-    encryption = {"recipients": [public], "identity_file": str(tmp_path / "age.key")}
+    encryption = demo_with_encryption(tmp_path)
     remote = {**gcs_server.remote(bucket), "credentials_json_env": "VYA_TEST_GCS_KEY"}
-    config = _config(tmp_path, remote, auto_upload=True, encryption=encryption)
+    config = write_config(tmp_path, remote, auto_upload=True, encryption=encryption)
     env = {"VYA_TEST_GCS_KEY": good_key}
     granted = server.granted
-    code, out = _vya(config, "backup", "lite", "--no-users", "--json", env=env)
-    assert code == 0, out
-    assert json.loads(out)["results"][0]["warnings"] == []
+    check_backup_ok(config, "--no-users", env=env)
     assert server.granted > granted  # the key really went through the token exchange
-
-    code, out = _vya(config, "list", "--remote", "offsite", "--json", env=env)
-    assert code == 0, out
-    [entry] = json.loads(out)["backups"]
-    assert entry["encryption"] == "age" and entry["checksum"] == "sidecar"
-
-    shutil.rmtree(tmp_path / "backups")  # the local disk died
-    code, out = _vya(
-        config, "restore", "lite", "-d", "shop.db", "--latest", "--remote", "offsite",
-        "--target", "back.db", env=env,
-    )  # fmt: skip
-    assert code == 0, out
-    data = tmp_path / "data"
-    assert sqlite_fingerprint(data / "back.db") == sqlite_fingerprint(data / "shop.db")
+    check_encrypted_listing(config, env=env)
+    check_restore_after_local_loss(tmp_path, config, env=env)
 
 
 def test_gcs_remote_test_reports_every_check_ok(
@@ -440,12 +349,8 @@ def test_gcs_remote_test_reports_every_check_ok(
     gcs_server: GcsServer,  # noqa: F811
     bucket: str,
 ) -> None:
-    config = _config(tmp_path, gcs_server.remote(bucket))
-    code, out = _vya(config, "remote", "test", "offsite", "--json")
-    assert code == 0, out
-    checks = {c["name"]: c["outcome"] for c in json.loads(out)}
-    assert set(checks.values()) == {"ok"}
-    assert {"write", "read back", "range read", "large (multipart) write", "delete"} <= set(checks)
+    config = write_config(tmp_path, gcs_server.remote(bucket))
+    assert check_remote_test_ok(config) >= OBJECT_STORE_CHECKS
     assert list(gcs_server.client().list_blobs(bucket)) == []
 
 
@@ -457,22 +362,20 @@ def test_gcs_wrong_key_through_the_cli_exits_3_without_the_key(
 ) -> None:
     server, _, wrong_key = token_server
     remote = {**gcs_server.remote(bucket), "credentials_json_env": "VYA_TEST_GCS_KEY"}
-    config = _config(tmp_path, remote)
+    config = write_config(tmp_path, remote)
     refused = server.refused
-    code, out = _vya(config, "list", "--remote", "offsite", env={"VYA_TEST_GCS_KEY": wrong_key})
+    code, out = vya(config, "list", "--remote", "offsite", env={"VYA_TEST_GCS_KEY": wrong_key})
     assert code == 3, out
     assert server.refused > refused
     assert "refused the credentials" in out and "invalid_grant" in out
     private = json.loads(wrong_key)["private_key"]
     assert private.splitlines()[1] not in out
 
-    code, out = _vya(config, "list", "--remote", "offsite", env={"VYA_TEST_GCS_KEY": "{not json"})
+    code, out = vya(config, "list", "--remote", "offsite", env={"VYA_TEST_GCS_KEY": "{not json"})
     assert code == 3, out
     assert "no valid Google service account key" in out and "{not json" not in out
 
-    code, out = _vya(config, "list", "--remote", "offsite", env={})
-    assert code == 3, out
-    assert "VYA_TEST_GCS_KEY" in out
+    check_missing_variable_exits_3(config, "VYA_TEST_GCS_KEY")
 
 
 def test_gcs_wrong_key_is_a_credential_error_before_any_upload(

@@ -15,19 +15,34 @@ from typing import Any
 import pytest
 import yaml
 from botocore.exceptions import ClientError
-from typer.testing import CliRunner
+from remote_helpers import (
+    OBJECT_STORE_CHECKS,
+    assert_no_local_files,
+    check_backup_ok,
+    check_encrypted_listing,
+    check_interrupted_uploads_leave_nothing,
+    check_missing_variable_exits_3,
+    check_persistent_failure,
+    check_remote_test_ok,
+    check_restore_after_local_loss,
+    check_restore_matches,
+    demo_with_encryption,
+    runner,
+    vya,
+    write_config,
+    write_object,
+)
 
 from harness.s3 import ACCESS_KEY, SECRET_KEY, new_bucket, s3_client, s3_endpoint  # noqa: F401
 from vya_backupdb.cli.app import app
-from vya_backupdb.errors import StorageError
-from vya_backupdb.jobs.demo import create_sqlite_demo, sqlite_fingerprint
+from vya_backupdb.jobs.demo import create_sqlite_demo
 from vya_backupdb.pipeline.encryption import generate_identity, write_identity_file
 from vya_backupdb.storage.s3 import MIB, S3Storage
 
 pytestmark = pytest.mark.integration
 
-runner = CliRunner()
 _counter = iter(range(10**6))
+ENV = {"VYA_TEST_S3_KEY": ACCESS_KEY, "VYA_TEST_S3_SECRET": SECRET_KEY}
 
 
 @pytest.fixture
@@ -40,18 +55,7 @@ def _storage(endpoint: str, bucket: str, **kwargs: Any) -> S3Storage:
 
 
 def _write(storage: S3Storage, name: str, size: int, fail: bool = False) -> str:
-    digest = hashlib.sha256()
-    block = os.urandom(MIB)
-    with storage.put(name) as writer:
-        written = 0
-        while written < size:
-            chunk = block[: min(MIB, size - written)]
-            writer.write(chunk)
-            digest.update(chunk)
-            written += len(chunk)
-        if fail:
-            raise RuntimeError("dump died")
-    return digest.hexdigest()
+    return write_object(storage, name, size, block=MIB, fail=fail)
 
 
 def test_s3_multipart_upload_streams_parts_and_reads_back_exactly(
@@ -76,12 +80,7 @@ def test_s3_interrupted_multipart_upload_leaves_no_object_and_no_pending_upload(
     bucket: str,
 ) -> None:
     storage = _storage(s3_endpoint, bucket)
-    with pytest.raises(RuntimeError):
-        _write(storage, "a/big.dump", 11 * MIB, fail=True)
-    with pytest.raises(RuntimeError):
-        _write(storage, "a/small.dump", 1000, fail=True)
-    assert not storage.exists("a/big.dump")
-    assert list(storage.list("")) == []
+    check_interrupted_uploads_leave_nothing(storage, 11 * MIB, block=MIB)
     uploads = s3_client(s3_endpoint).list_multipart_uploads(Bucket=bucket)
     assert not uploads.get("Uploads")
 
@@ -136,15 +135,12 @@ def test_s3_persistent_failure_gives_storage_error_and_no_object(
 ) -> None:
     flaky = _FlakyClient(s3_client(s3_endpoint), "upload_part", failures=100)
     storage = S3Storage(flaky, bucket, "p", part_size=5 * MIB, retries=1)
-    with pytest.raises(StorageError, match="after 2 attempt"):
-        _write(storage, "x", 6 * MIB)
-    assert not storage.exists("x")
+    check_persistent_failure(storage, 6 * MIB, block=MIB)
     assert not s3_client(s3_endpoint).list_multipart_uploads(Bucket=bucket).get("Uploads")
 
 
 # -- through the CLI -------------------------------------------------------------------------
 def _config(tmp_path: Path, endpoint: str, bucket: str, **storage: Any) -> Path:
-    config = tmp_path / "config.yaml"
     remote = {
         "name": "offsite",
         "url": f"s3://{bucket}/vya",
@@ -154,23 +150,11 @@ def _config(tmp_path: Path, endpoint: str, bucket: str, **storage: Any) -> Path:
         "secret_key_env": "VYA_TEST_S3_SECRET",
         "retries": 1,
     }
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "hostname": "testhost",
-                "storage": {"base_path": str(tmp_path / "backups"), "remotes": [remote], **storage},
-                "instances": [{"id": "lite", "type": "sqlite", "paths": [f"{tmp_path}/data/*.db"]}],
-            }
-        )
-    )
-    return config
+    return write_config(tmp_path, remote, **storage)
 
 
 def _vya(config: Path, *args: str) -> tuple[int, str]:
-    env = {"VYA_TEST_S3_KEY": ACCESS_KEY, "VYA_TEST_S3_SECRET": SECRET_KEY}
-    result = runner.invoke(app, ["--config", str(config), *args], env=env)
-    # stdout only: log lines go to stderr and would break the JSON.
-    return result.exit_code, result.stdout if result.exit_code == 0 else result.output
+    return vya(config, *args, env=ENV)
 
 
 def test_s3_encrypted_backup_auto_uploaded_restores_from_remote_exactly(
@@ -178,29 +162,11 @@ def test_s3_encrypted_backup_auto_uploaded_restores_from_remote_exactly(
     s3_endpoint: str,  # noqa: F811
     bucket: str,
 ) -> None:
-    create_sqlite_demo(tmp_path / "data" / "shop.db")
-    secret, public = generate_identity()
-    write_identity_file(tmp_path / "age.key", secret, public)
-    encryption = {"recipients": [public], "identity_file": str(tmp_path / "age.key")}
+    encryption = demo_with_encryption(tmp_path)
     config = _config(tmp_path, s3_endpoint, bucket, auto_upload=True, encryption=encryption)
-    code, out = _vya(config, "backup", "lite", "--json")
-    assert code == 0, out
-    [result] = json.loads(out)["results"]
-    assert result["warnings"] == []
-
-    code, out = _vya(config, "list", "--remote", "offsite", "--json")
-    assert code == 0, out
-    [entry] = json.loads(out)["backups"]
-    assert entry["encryption"] == "age" and entry["checksum"] == "sidecar"
-
-    shutil.rmtree(tmp_path / "backups")  # the local disk died
-    code, out = _vya(
-        config, "restore", "lite", "-d", "shop.db", "--latest", "--remote", "offsite",
-        "--target", "back.db",
-    )  # fmt: skip
-    assert code == 0, out
-    data = tmp_path / "data"
-    assert sqlite_fingerprint(data / "back.db") == sqlite_fingerprint(data / "shop.db")
+    check_backup_ok(config, env=ENV)
+    check_encrypted_listing(config, env=ENV)
+    check_restore_after_local_loss(tmp_path, config, env=ENV)
 
 
 def test_s3_keep_local_false_streams_straight_to_the_remote(
@@ -212,15 +178,11 @@ def test_s3_keep_local_false_streams_straight_to_the_remote(
     config = _config(tmp_path, s3_endpoint, bucket, auto_upload=True, keep_local=False)
     code, out = _vya(config, "backup", "lite")
     assert code == 0, out
-    local = tmp_path / "backups"
-    assert not local.exists() or not any(p.is_file() for p in local.rglob("*"))
+    assert_no_local_files(tmp_path)
     keys = [o["Key"] for o in s3_client(s3_endpoint).list_objects_v2(Bucket=bucket)["Contents"]]
     assert any(k.endswith(".sqlite.zst") for k in keys)
     assert any(k.endswith(".metadata.json") for k in keys)
-    code, out = _vya(config, "restore", "lite", "-d", "shop.db", "--latest", "--target", "r.db")
-    assert code == 0, out
-    data = tmp_path / "data"
-    assert sqlite_fingerprint(data / "r.db") == sqlite_fingerprint(data / "shop.db")
+    check_restore_matches(tmp_path, config, target="r.db", env=ENV)
 
 
 def test_s3_remote_upload_then_download_copies_each_backup_once(
@@ -250,11 +212,7 @@ def test_s3_remote_test_reports_every_check_ok(
     bucket: str,
 ) -> None:
     config = _config(tmp_path, s3_endpoint, bucket)
-    code, out = _vya(config, "remote", "test", "offsite", "--json")
-    assert code == 0, out
-    checks = {c["name"]: c["outcome"] for c in json.loads(out)}
-    assert set(checks.values()) == {"ok"}
-    assert {"write", "read back", "range read", "large (multipart) write", "delete"} <= set(checks)
+    assert check_remote_test_ok(config, env=ENV) >= OBJECT_STORE_CHECKS
     assert "Contents" not in s3_client(s3_endpoint).list_objects_v2(Bucket=bucket)
 
 
@@ -264,9 +222,7 @@ def test_s3_remote_missing_credentials_variable_is_a_credential_error(
     bucket: str,
 ) -> None:
     config = _config(tmp_path, s3_endpoint, bucket)
-    result = runner.invoke(app, ["--config", str(config), "list", "--remote", "offsite"], env={})
-    assert result.exit_code == 3, result.output
-    assert "VYA_TEST_S3_KEY" in result.output
+    check_missing_variable_exits_3(config, "VYA_TEST_S3_KEY")
 
 
 def test_s3_verify_and_cleanup_work_directly_against_the_remote(
@@ -306,8 +262,7 @@ def test_s3_failed_auto_upload_exits_9_keeps_the_local_backup_and_can_be_retried
     create_sqlite_demo(tmp_path / "data" / "shop.db")
     bucket = f"not-yet-{os.getpid()}-{next(_counter)}"
     config = _config(tmp_path, s3_endpoint, bucket, auto_upload=True)
-    env = {"VYA_TEST_S3_KEY": ACCESS_KEY, "VYA_TEST_S3_SECRET": SECRET_KEY}
-    invoked = runner.invoke(app, ["--config", str(config), "backup", "lite", "--json"], env=env)
+    invoked = runner.invoke(app, ["--config", str(config), "backup", "lite", "--json"], env=ENV)
     assert invoked.exit_code == 9, invoked.output
     [result] = json.loads(invoked.stdout)["results"]
     assert result["status"] == "success"
@@ -333,10 +288,9 @@ def test_s3_upload_and_download_report_progress_lines_when_not_a_terminal(
     create_sqlite_demo(tmp_path / "data" / "shop.db")
     config = _config(tmp_path, s3_endpoint, bucket)
     assert _vya(config, "backup", "lite", "--no-users")[0] == 0
-    env = {"VYA_TEST_S3_KEY": ACCESS_KEY, "VYA_TEST_S3_SECRET": SECRET_KEY}
     for verb in ("upload", "download"):
         args = ["--config", str(config), "remote", verb, "offsite", "--all", "--force"]
-        result = runner.invoke(app, [*args, "--progress-interval", "0"], env=env)
+        result = runner.invoke(app, [*args, "--progress-interval", "0"], env=ENV)
         assert result.exit_code == 0, result.output
         line = " ".join(result.stderr.split())
         assert f"progress {verb} lite/shop.db:" in line
@@ -346,7 +300,7 @@ def test_s3_upload_and_download_report_progress_lines_when_not_a_terminal(
     result = runner.invoke(
         app,
         ["--config", str(auto), "backup", "lite", "--no-users", "--progress-interval", "0"],
-        env=env,
+        env=ENV,
     )
     assert result.exit_code == 0, result.output
     assert "progress upload lite/shop.db:" in " ".join(result.stderr.split())
@@ -386,15 +340,12 @@ def test_s3_postgres_backup_straight_to_remote_restores_into_a_fresh_database_ex
     try:
         code, out = _vya(config, "backup", "pg")
         assert code == 0, out
-        assert not (tmp_path / "backups").exists() or not any(
-            p.is_file() for p in (tmp_path / "backups").rglob("*")
-        )
-        env = {"VYA_TEST_S3_KEY": ACCESS_KEY, "VYA_TEST_S3_SECRET": SECRET_KEY}
+        assert_no_local_files(tmp_path)
         restored = runner.invoke(app, [
             "--config", str(config), "--log-format", "json", "restore", "pg", "-d", source,
             "--latest",
             "--remote", "offsite", "--target", target, "--jobs", "2", "-y",
-        ], env=env)  # fmt: skip
+        ], env=ENV)  # fmt: skip
         assert restored.exit_code == 0, restored.output
         log = " ".join(restored.stderr.split())
         # Downloaded once (checksum, restore and both workers read the local copy).

@@ -8,38 +8,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from typer.testing import CliRunner
+from remote_helpers import check_remote_test_ok, check_restore_matches, vya, write_config
 
 from harness.sftp import SftpServer, sftp_server  # noqa: F401
-from vya_backupdb.cli.app import app
 from vya_backupdb.errors import CredentialError
-from vya_backupdb.jobs.demo import create_sqlite_demo, sqlite_fingerprint
+from vya_backupdb.jobs.demo import create_sqlite_demo
 from vya_backupdb.storage.remote import RetryingStorage
 
 pytestmark = pytest.mark.integration
 
-runner = CliRunner()
-
-
-def _vya(config: Path, *args: str) -> tuple[int, str]:
-    result = runner.invoke(app, ["--config", str(config), *args])
-    return result.exit_code, result.stdout if result.exit_code == 0 else result.output
-
 
 def _config(tmp_path: Path, server: SftpServer, **storage: Any) -> Path:
-    config = tmp_path / "config.yaml"
-    remote = server.remote(tmp_path.name)
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "hostname": "testhost",
-                "storage": {"base_path": str(tmp_path / "backups"), "remotes": [remote], **storage},
-                "instances": [{"id": "lite", "type": "sqlite", "paths": [f"{tmp_path}/data/*.db"]}],
-            }
-        )
-    )
-    return config
+    return write_config(tmp_path, server.remote(tmp_path.name), **storage)
 
 
 def test_sftp_interrupted_put_leaves_no_file_on_the_server(
@@ -93,19 +73,16 @@ def test_sftp_backup_streams_to_remote_only_and_restores_exactly(
 ) -> None:
     create_sqlite_demo(tmp_path / "data" / "shop.db")
     config = _config(tmp_path, sftp_server, auto_upload=True, keep_local=False)
-    code, out = _vya(config, "backup", "lite", "--json")
+    code, out = vya(config, "backup", "lite", "--json")
     assert code == 0, out
     [result] = json.loads(out)["results"]
     on_server = sftp_server.root / tmp_path.name / result["file"]
     assert on_server.is_file()
     assert not (tmp_path / "backups").exists()
-    code, out = _vya(config, "list", "--remote", "nas", "--json")
+    code, out = vya(config, "list", "--remote", "nas", "--json")
     assert code == 0, out
     assert len(json.loads(out)["backups"]) == 1
-    code, out = _vya(config, "restore", "lite", "-d", "shop.db", "--latest", "--target", "r.db")
-    assert code == 0, out
-    data = tmp_path / "data"
-    assert sqlite_fingerprint(data / "r.db") == sqlite_fingerprint(data / "shop.db")
+    check_restore_matches(tmp_path, config, target="r.db")
 
 
 def test_sftp_remote_test_reports_range_read_and_no_leftovers(
@@ -113,9 +90,6 @@ def test_sftp_remote_test_reports_range_read_and_no_leftovers(
     sftp_server: SftpServer,  # noqa: F811
 ) -> None:
     config = _config(tmp_path, sftp_server)
-    code, out = _vya(config, "remote", "test", "nas", "--json")
-    assert code == 0, out
-    checks = {c["name"]: c["outcome"] for c in json.loads(out)}
-    assert set(checks.values()) == {"ok"}
+    check_remote_test_ok(config, "nas")
     server_dir = sftp_server.root / tmp_path.name
     assert not server_dir.exists() or [p for p in server_dir.rglob("*") if p.is_file()] == []

@@ -20,14 +20,14 @@ import contextlib
 import logging
 import os
 import secrets
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from vya_backupdb.errors import CredentialError, NotFoundError, StorageError, ToolMissing
 from vya_backupdb.storage.base import ObjectInfo
-from vya_backupdb.storage.cloud import RangedReader, brief_message
-from vya_backupdb.storage.remote import TransientStorageError, env_or_credential, with_retries
+from vya_backupdb.storage.cloud import PrefixedObjectStore, RangedReader, brief_message
+from vya_backupdb.storage.remote import TransientStorageError, env_or_credential
 
 if TYPE_CHECKING:
     from vya_backupdb.config.models import Settings
@@ -44,7 +44,6 @@ MAX_BLOCKS = 50_000
 READ_CHUNK = 4 * MIB
 _TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 _TRANSIENT_CODES = {"OperationTimedOut", "ServerBusy", "InternalError"}
-T = TypeVar("T")
 
 
 def _error_code(exc: Any) -> str:
@@ -158,8 +157,10 @@ class _BlockWriter:
         self._buffer.clear()
 
 
-class AzureStorage:
+class AzureStorage(PrefixedObjectStore[_BlockWriter]):
     """Objects under ``azure://container/prefix/``; names map to blob names below the prefix."""
+
+    service = "Azure"
 
     def __init__(
         self,
@@ -260,41 +261,11 @@ class AzureStorage:
             description=f"{remote.name} (azure://{remote.bucket}/{remote.path} at {where})",
         )
 
-    def _key(self, name: str) -> str:
-        parts = [p for p in name.split("/") if p]
-        if not parts or any(p in (".", "..") for p in parts):
-            raise StorageError(f"invalid object name {name!r}")
-        return "/".join([self.prefix, *parts]) if self.prefix else "/".join(parts)
+    def _translate(self, exc: Exception, what: str) -> Exception:
+        return _translate(exc, what, self.container_name)
 
-    def _name(self, key: str) -> str:
-        return key[len(self.prefix) + 1 :] if self.prefix else key
-
-    def _call(self, operation: Callable[[], T], what: str, *, retry: bool = False) -> T:
-        """Run one SDK call; raise our errors (TransientStorageError for a retryable one).
-
-        ``retry``: retry here, for the steps of a put and the chunks of a get that the caller
-        cannot replay; the idempotent operations are retried by the RetryingStorage wrapper.
-        """
-
-        def once() -> T:
-            try:
-                return operation()
-            except Exception as exc:
-                raise _translate(exc, what, self.container_name) from None
-
-        if not retry:
-            return once()
-        return with_retries(once, f"Azure {what}", self.retries)
-
-    @contextlib.contextmanager
-    def put(self, name: str) -> Iterator[_BlockWriter]:
-        writer = _BlockWriter(self, self._key(name))
-        try:
-            yield writer
-            writer.commit()
-        except BaseException:
-            writer.abort()
-            raise
+    def _writer(self, key: str) -> _BlockWriter:
+        return _BlockWriter(self, key)
 
     @contextlib.contextmanager
     def get(self, name: str) -> Iterator[RangedReader]:
@@ -329,10 +300,8 @@ class AzureStorage:
             retries=self.retries,
             what=name,
         )
-        try:
+        with contextlib.closing(reader):
             yield reader
-        finally:
-            reader.close()
 
     def read_range(self, name: str, offset: int, length: int) -> bytes:
         """Return up to ``length`` bytes of ``name`` from ``offset`` (a ranged GET)."""
@@ -350,7 +319,7 @@ class AzureStorage:
         return data
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        key_prefix = (self.prefix + "/" if self.prefix else "") + prefix
+        key_prefix = self._key_prefix(prefix)
         what = f"listing {prefix or '/'}"
         # Pages are fetched lazily (one page in memory); the service returns names in
         # lexicographic order, and uncommitted blobs are not listed.
@@ -377,17 +346,7 @@ class AzureStorage:
         properties = self._call(blob.get_blob_properties, name)
         return ObjectInfo(name, int(properties.size), properties.last_modified.astimezone(UTC))
 
-    def exists(self, name: str) -> bool:
-        try:
-            self.stat(name)
-        except NotFoundError:
-            return False
-        return True
-
     def delete(self, name: str) -> None:
         blob = self.container.get_blob_client(self._key(name))
         with contextlib.suppress(NotFoundError):
             self._call(lambda: blob.delete_blob(delete_snapshots="include"), name)
-
-    def local_path(self, name: str) -> str | None:
-        return None

@@ -19,14 +19,14 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from vya_backupdb.errors import CredentialError, NotFoundError, StorageError, ToolMissing
 from vya_backupdb.storage.base import ObjectInfo
-from vya_backupdb.storage.cloud import RangedReader, brief_message
+from vya_backupdb.storage.cloud import PrefixedObjectStore, RangedReader, brief_message
 from vya_backupdb.storage.remote import TransientStorageError, env_or_credential, with_retries
 
 if TYPE_CHECKING:
@@ -42,7 +42,6 @@ DEFAULT_ENDPOINT = "https://storage.googleapis.com"
 SCOPES = ["https://www.googleapis.com/auth/devstorage.read_write"]
 _TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 _RANGE = re.compile(r"^bytes=0-(\d+)$")
-T = TypeVar("T")
 
 _CREDENTIAL_HINT = (
     "Check credentials_file / credentials_json_env (or the credential entry): a service account "
@@ -276,8 +275,10 @@ class _ResumableWriter:
             log.info("could not cancel the upload session of %s: %s", self._key, brief_message(exc))
 
 
-class GcsStorage:
+class GcsStorage(PrefixedObjectStore[_ResumableWriter]):
     """Objects under ``gs://bucket/prefix/``; names map to object names below the prefix."""
+
+    service = "GCS"
 
     def __init__(
         self,
@@ -345,46 +346,29 @@ class GcsStorage:
             description=f"{remote.name} (gs://{remote.bucket}/{remote.path}{where})",
         )
 
-    def _key(self, name: str) -> str:
-        parts = [p for p in name.split("/") if p]
-        if not parts or any(p in (".", "..") for p in parts):
-            raise StorageError(f"invalid object name {name!r}")
-        return "/".join([self.prefix, *parts]) if self.prefix else "/".join(parts)
+    def _translate(self, exc: Exception, what: str) -> Exception:
+        return _translate(exc, what, self.bucket)
 
-    def _name(self, key: str) -> str:
-        return key[len(self.prefix) + 1 :] if self.prefix else key
+    def _writer(self, key: str) -> _ResumableWriter:
+        return _ResumableWriter(self, key)
 
-    def _call(self, operation: Callable[[], T], what: str, *, retry: bool = False) -> T:
-        """Run one SDK call; raise our errors (TransientStorageError for a retryable one).
-
-        ``retry``: retry here, for the steps of a put and the chunks of a get that the caller
-        cannot replay; the idempotent operations are retried by the RetryingStorage wrapper.
-        """
-
-        def once() -> T:
-            try:
-                return operation()
-            except Exception as exc:
-                raise _translate(exc, what, self.bucket) from None
-
-        if not retry:
-            return once()
-        return with_retries(once, f"GCS {what}", self.retries)
+    def _download(self, blob: Any, offset: int, length: int) -> bytes:
+        """Return bytes ``offset`` to ``offset + length - 1`` of ``blob`` as stored (one ranged
+        GET; the SDK's retries and checksum are off: a range cannot be checksummed)."""
+        data: bytes = blob.download_as_bytes(
+            start=offset,
+            end=offset + length - 1,
+            raw_download=True,
+            checksum=None,
+            timeout=self.timeout,
+            retry=None,
+        )
+        return data
 
     def _reload(self, name: str) -> Any:
         blob = self.bucket_handle.blob(self._key(name))
         self._call(lambda: blob.reload(timeout=self.timeout, retry=None), name)
         return blob
-
-    @contextlib.contextmanager
-    def put(self, name: str) -> Iterator[_ResumableWriter]:
-        writer = _ResumableWriter(self, self._key(name))
-        try:
-            yield writer
-            writer.commit()
-        except BaseException:
-            writer.abort()
-            raise
 
     @contextlib.contextmanager
     def get(self, name: str) -> Iterator[RangedReader]:
@@ -395,29 +379,19 @@ class GcsStorage:
 
         def fetch(offset: int, length: int) -> bytes:
             try:
-                data: bytes = pinned.download_as_bytes(
-                    start=offset,
-                    end=offset + length - 1,
-                    raw_download=True,
-                    checksum=None,
-                    timeout=self.timeout,
-                    retry=None,
-                )
+                return self._download(pinned, offset, length)
             except NotFound:
                 raise StorageError(
                     f"{name} was replaced or deleted while it was being read"
                 ) from None
             except Exception as exc:
                 raise _translate(exc, name, self.bucket) from None
-            return data
 
         reader = RangedReader(
             fetch, int(found.size or 0), chunk_size=self.part_size, retries=self.retries, what=name
         )
-        try:
+        with contextlib.closing(reader):
             yield reader
-        finally:
-            reader.close()
 
     def read_range(self, name: str, offset: int, length: int) -> bytes:
         """Return up to ``length`` bytes of ``name`` from ``offset`` (a ranged GET)."""
@@ -427,22 +401,14 @@ class GcsStorage:
             return b""
         blob = self.bucket_handle.blob(self._key(name))
         try:
-            data: bytes = blob.download_as_bytes(
-                start=offset,
-                end=offset + length - 1,
-                raw_download=True,
-                checksum=None,
-                timeout=self.timeout,
-                retry=None,
-            )
+            return self._download(blob, offset, length)
         except RequestRangeNotSatisfiable:  # offset at or past the end
             return b""
         except Exception as exc:
             raise _translate(exc, name, self.bucket) from None
-        return data
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        key_prefix = (self.prefix + "/" if self.prefix else "") + prefix
+        key_prefix = self._key_prefix(prefix)
         what = f"listing {prefix or '/'}"
         # Pages are fetched lazily (one page in memory); GCS returns names in lexicographic
         # order. Only finalized objects are listed.
@@ -472,20 +438,10 @@ class GcsStorage:
         blob = self._reload(name)
         return ObjectInfo(name, int(blob.size or 0), blob.updated.astimezone(UTC))
 
-    def exists(self, name: str) -> bool:
-        try:
-            self.stat(name)
-        except NotFoundError:
-            return False
-        return True
-
     def delete(self, name: str) -> None:
         blob = self.bucket_handle.blob(self._key(name))
         with contextlib.suppress(NotFoundError):
             self._call(lambda: blob.delete(timeout=self.timeout, retry=None), name)
-
-    def local_path(self, name: str) -> str | None:
-        return None
 
 
 def _credentials(

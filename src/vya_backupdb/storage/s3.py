@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from vya_backupdb.errors import CredentialError, NotFoundError, StorageError, ToolMissing
 from vya_backupdb.storage.base import ObjectInfo
-from vya_backupdb.storage.remote import TransientStorageError, env_or_credential, with_retries
+from vya_backupdb.storage.cloud import PrefixedObjectStore
+from vya_backupdb.storage.remote import TransientStorageError, env_or_credential
 
 if TYPE_CHECKING:
     from vya_backupdb.config.models import Settings
@@ -105,7 +106,7 @@ class _MultipartWriter:
 
     def _send_part(self, body: bytes) -> None:
         if self._upload_id is None:
-            response = self._s._call(
+            response = self._s._client_call(
                 "create_multipart_upload",
                 self._key,
                 retry=True,
@@ -114,7 +115,7 @@ class _MultipartWriter:
             )
             self._upload_id = str(response["UploadId"])
         number = len(self._parts) + 1
-        response = self._s._call(
+        response = self._s._client_call(
             "upload_part",
             self._key,
             retry=True,
@@ -128,7 +129,7 @@ class _MultipartWriter:
 
     def commit(self) -> None:
         if self._upload_id is None:
-            self._s._call(
+            self._s._client_call(
                 "put_object",
                 self._key,
                 retry=True,
@@ -140,7 +141,7 @@ class _MultipartWriter:
         if self._buffer or not self._parts:
             self._send_part(bytes(self._buffer))
             self._buffer.clear()
-        self._s._call(
+        self._s._client_call(
             "complete_multipart_upload",
             self._key,
             retry=True,
@@ -154,7 +155,7 @@ class _MultipartWriter:
         self._buffer.clear()
         if self._upload_id is not None:
             try:
-                self._s._call(
+                self._s._client_call(
                     "abort_multipart_upload",
                     self._key,
                     retry=True,
@@ -178,7 +179,7 @@ class _ResumingReader:
 
     def _open(self) -> Any:
         extra = {"Range": f"bytes={self._offset}-"} if self._offset else {}
-        response = self._s._call(
+        response = self._s._client_call(
             "get_object",
             self._name,
             retry=bool(self._offset),  # resuming: the wrapper's retries are behind us
@@ -210,8 +211,10 @@ class _ResumingReader:
             self._body.close()
 
 
-class S3Storage:
+class S3Storage(PrefixedObjectStore[_MultipartWriter]):
     """Objects under ``s3://bucket/prefix/``; names map to keys below the prefix."""
+
+    service = "S3"
 
     def __init__(
         self,
@@ -287,53 +290,33 @@ class S3Storage:
             description=f"{remote.name} (s3://{remote.bucket}/{remote.path}{where})",
         )
 
-    def _key(self, name: str) -> str:
-        parts = [p for p in name.split("/") if p]
-        if not parts or any(p in (".", "..") for p in parts):
-            raise StorageError(f"invalid object name {name!r}")
-        return "/".join([self.prefix, *parts]) if self.prefix else "/".join(parts)
+    def _translate(self, exc: Exception, what: str) -> Exception:
+        return _translate(exc, what)
 
-    def _name(self, key: str) -> str:
-        return key[len(self.prefix) + 1 :] if self.prefix else key
+    def _writer(self, key: str) -> _MultipartWriter:
+        return _MultipartWriter(self, key)
 
-    def _call(self, method: str, what: str, *, retry: bool = False, **kwargs: Any) -> Any:
+    def _client_call(self, method: str, what: str, *, retry: bool = False, **kwargs: Any) -> Any:
         """Call a client method; raise our errors (TransientStorageError for a retryable one).
 
         ``retry``: retry here, for the steps of a put that the caller cannot replay; the
         idempotent operations are retried by the RetryingStorage wrapper instead.
         """
-
-        def once() -> Any:
-            try:
-                return getattr(self.client, method)(**kwargs)
-            except Exception as exc:
-                raise _translate(exc, what) from None
-
-        if not retry:
-            return once()
-        return with_retries(once, f"S3 {method} of {what}", self.retries)
-
-    @contextlib.contextmanager
-    def put(self, name: str) -> Iterator[_MultipartWriter]:
-        writer = _MultipartWriter(self, self._key(name))
-        try:
-            yield writer
-            writer.commit()
-        except BaseException:
-            writer.abort()
-            raise
+        return self._call(
+            lambda: getattr(self.client, method)(**kwargs),
+            what,
+            retry=retry,
+            retry_what=f"S3 {method} of {what}",
+        )
 
     @contextlib.contextmanager
     def get(self, name: str) -> Iterator[_ResumingReader]:
-        reader = _ResumingReader(self, self._key(name), name)
-        try:
+        with contextlib.closing(_ResumingReader(self, self._key(name), name)) as reader:
             yield reader
-        finally:
-            reader.close()
 
     def read_range(self, name: str, offset: int, length: int) -> bytes:
         """Return ``length`` bytes of ``name`` from ``offset`` (a ranged GET)."""
-        response = self._call(
+        response = self._client_call(
             "get_object",
             name,
             Bucket=self.bucket,
@@ -344,7 +327,7 @@ class S3Storage:
         return data
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        key_prefix = (self.prefix + "/" if self.prefix else "") + prefix
+        key_prefix = self._key_prefix(prefix)
         token: str | None = None
         while True:
             kwargs: dict[str, Any] = {
@@ -354,7 +337,7 @@ class S3Storage:
             }
             if token:
                 kwargs["ContinuationToken"] = token
-            page = self._call("list_objects_v2", f"listing {prefix or '/'}", **kwargs)
+            page = self._client_call("list_objects_v2", f"listing {prefix or '/'}", **kwargs)
             # S3 returns keys in UTF-8 byte order, which is code point order: already sorted.
             for item in page.get("Contents", []):
                 modified = item["LastModified"].astimezone(UTC)
@@ -364,18 +347,8 @@ class S3Storage:
             token = page.get("NextContinuationToken")
 
     def stat(self, name: str) -> ObjectInfo:
-        head = self._call("head_object", name, Bucket=self.bucket, Key=self._key(name))
+        head = self._client_call("head_object", name, Bucket=self.bucket, Key=self._key(name))
         return ObjectInfo(name, int(head["ContentLength"]), head["LastModified"].astimezone(UTC))
 
-    def exists(self, name: str) -> bool:
-        try:
-            self.stat(name)
-        except NotFoundError:
-            return False
-        return True
-
     def delete(self, name: str) -> None:
-        self._call("delete_object", name, Bucket=self.bucket, Key=self._key(name))
-
-    def local_path(self, name: str) -> str | None:
-        return None
+        self._client_call("delete_object", name, Bucket=self.bucket, Key=self._key(name))

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from vya_backupdb.errors import CredentialError, NotFoundError, StorageError, ToolMissing
 from vya_backupdb.storage.base import ObjectInfo
+from vya_backupdb.storage.cloud import RemoteStorageBase, object_parts
 from vya_backupdb.storage.remote import TransientStorageError, env_or_credential
 
 if TYPE_CHECKING:
@@ -96,7 +97,7 @@ class _Reader:
         return data
 
 
-class SftpStorage:
+class SftpStorage(RemoteStorageBase):
     """Objects are files under ``root`` on the server; names map to relative paths."""
 
     def __init__(self, connect: Callable[[], Any], root: str, description: str):
@@ -179,10 +180,7 @@ class SftpStorage:
         self._sftp = self._client = None
 
     def _path(self, name: str) -> str:
-        parts = [p for p in name.split("/") if p]
-        if not parts or any(p in (".", "..") for p in parts):
-            raise StorageError(f"invalid object name {name!r}")
-        return posixpath.join(self.root, *parts)
+        return posixpath.join(self.root, *object_parts(name))
 
     def _makedirs(self, sftp: Any, directory: str) -> None:
         missing: list[str] = []
@@ -274,13 +272,6 @@ class SftpStorage:
             name, int(attrs.st_size or 0), datetime.fromtimestamp(attrs.st_mtime or 0, UTC)
         )
 
-    def exists(self, name: str) -> bool:
-        try:
-            self.stat(name)
-        except NotFoundError:
-            return False
-        return True
-
     def delete(self, name: str) -> None:
         path = self._path(name)
         try:
@@ -295,6 +286,3 @@ class SftpStorage:
             except (StorageError, NotFoundError):
                 break
             parent = posixpath.dirname(parent)
-
-    def local_path(self, name: str) -> str | None:
-        return None
