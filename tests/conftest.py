@@ -12,6 +12,9 @@ import os
 
 import pytest
 
+# Shared test helpers that assert: rewritten like test modules, so failures show values.
+pytest.register_assert_rewrite("cli_helpers", "remote_helpers", "pg_compare", "mysql_compare")
+
 pytest_plugins = ["harness.postgres", "harness.mariadb"]
 
 _skipped_integration: list[str] = []
