@@ -374,7 +374,8 @@ def pg_setup(tmp_path: Path, pg_server: PgServer) -> Iterator[tuple[Path, PgServ
         db,
     )
     instances = [
-        server.instance_config(fmt, databases=[db], format=fmt, users=False)
+        # jobs 2: test restores of the custom dump take the streamed parallel path.
+        server.instance_config(fmt, databases=[db], format=fmt, users=False, jobs=2)
         for fmt in ("custom", "plain", "directory")
     ]
     config = _write_config(tmp_path, instances)

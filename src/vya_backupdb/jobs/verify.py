@@ -52,7 +52,11 @@ from vya_backupdb.errors import (
     UsageError,
     VyaError,
 )
-from vya_backupdb.jobs.store import check_checksum, open_backup_stream
+from vya_backupdb.jobs.store import (
+    check_checksum,
+    open_backup_stream,
+    open_backup_stream_direct,
+)
 from vya_backupdb.pipeline.codecs import CODECS
 from vya_backupdb.pipeline.stream import sha256_of
 from vya_backupdb.wiring import keys_for, make_catalog, make_engine, make_storage
@@ -646,6 +650,9 @@ class VerifyJob:
             format=record.backup_info.dump_format or "custom",
             database_properties=dict(record.extra.get("database_properties") or {}),
             source_version_num=record.extra.get("server_version_num"),
+            # As a real restore: parallel workers read their own streams, no spool.
+            reopen=lambda: open_backup_stream_direct(self.storage, record, self.keys),
+            table_weights=dict(record.stats.get("tables", {})),
         )
         log.info("test restore of %s into %s on %s", record.id, temp_db, target.id)
         try:
