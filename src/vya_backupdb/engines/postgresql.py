@@ -827,13 +827,19 @@ class PostgresEngine:
             feed(command("schema.list", plan.schema, 1, archive), None, RestoreFailed,
                  stdout_tail=False)  # fmt: skip
         cancelled = threading.Event()
-        errors: list[BaseException] = []
+        errors: list[BaseException] = []  # the first failure first: the cause
+        lock = threading.Lock()
+
+        def failed(exc: BaseException) -> None:
+            with lock:
+                # Failures after the first are the workers it stopped, not causes.
+                errors.insert(len(errors) if cancelled.is_set() else 0, exc)
+                cancelled.set()
 
         def load(index: int, source: Readable) -> None:
-            direct = isinstance(source, ToolReader) and source.direct
             feed(
                 command(f"data{index}.list", plan.data[index], 1, None),
-                source if direct else _Cancellable(source, cancelled),
+                source,
                 RestoreFailed,
                 stdout_tail=False,
                 may_stop_reading=True,
@@ -850,8 +856,7 @@ class PostgresEngine:
                 with reopen() as source:
                     load(index, source)
             except BaseException as exc:
-                errors.append(exc)
-                cancelled.set()
+                failed(exc)
 
         threads = [
             threading.Thread(target=worker, args=(i,), name=f"pg-restore-data-{i}", daemon=True)
@@ -863,14 +868,12 @@ class PostgresEngine:
             if plan.data:
                 load(0, _Prefixed(toc.prefix + toc.rest, stream))
         except BaseException as exc:
-            errors.insert(0, exc)
-            cancelled.set()
+            failed(exc)
         finally:
             for thread in threads:
                 thread.join()
         if errors:
-            # The cause, not the "stopped" of the workers it stopped.
-            raise next((e for e in errors if not isinstance(e, _Stopped)), errors[0])
+            raise errors[0]
         if plan.post:
             feed(command("post.list", plan.post, options.jobs, archive), None, RestoreFailed,
                  stdout_tail=False)  # fmt: skip
@@ -1146,24 +1149,6 @@ class PostgresEngine:
                             "transaction). Exclude the offending role with --exclude-user.",
                         ) from None
         return plan.applied
-
-
-class _Stopped(RestoreFailed):
-    """A parallel restore worker stopped because another one failed."""
-
-
-class _Cancellable:
-    """A Readable that stops (raises RestoreFailed) once ``event`` is set: a failed parallel
-    worker stops the others instead of letting them load into a database being dropped."""
-
-    def __init__(self, source: Readable, event: threading.Event):
-        self._source = source
-        self._event = event
-
-    def read(self, size: int = -1, /) -> bytes:
-        if self._event.is_set():
-            raise _Stopped("stopped: another restore worker failed")
-        return self._source.read(size)
 
 
 class _Prefixed:

@@ -331,6 +331,8 @@ def feed(
             assert proc.stdin is not None
             try:
                 while chunk := source.read(COPY_CHUNK):
+                    if cancel is not None and cancel.is_set():
+                        raise error_cls("stopped: another worker failed")
                     proc.stdin.write(chunk)
             except BrokenPipeError:
                 broken = True
