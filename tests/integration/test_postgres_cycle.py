@@ -6,6 +6,8 @@ mode, and every restored database is compared exactly with its source (pg_compar
 
 from __future__ import annotations
 
+import io
+import itertools
 import json
 import os
 import signal
@@ -352,7 +354,8 @@ def test_pg_restore_list_and_restore_by_file(
 
 
 @pytest.mark.parametrize(
-    ("encrypted", "compression"), [(True, "zstd"), (False, "zstd"), (False, "gzip")]
+    ("encrypted", "compression"),
+    [(True, "zstd"), (False, "zstd"), (False, "gzip"), (False, "none")],
 )
 def test_pg_parallel_restore_streams_and_is_exact(
     pg_server: PgServer, tmp_path: Path, source: str, encrypted: bool, compression: str
@@ -373,6 +376,8 @@ def test_pg_parallel_restore_streams_and_is_exact(
     )
     code, out = _vya(config, "backup", "pg", "--no-users")
     assert code == 0, out
+    framed = compression in ("zstd", "none") and not encrypted
+    _check_frame_index(config, framed, compression)
     target = "parallel «ünï» copy"
     pg_server.drop_db(target)
     try:
@@ -382,10 +387,48 @@ def test_pg_parallel_restore_streams_and_is_exact(
         )  # fmt: skip
         assert code == 0, out
         assert "row counts match" in out
+        frames = ", each only its tables' frames" if framed else ""
         assert (
-            "2 data worker(s) reading their own streams (no spool), "
+            f"2 data worker(s) reading their own streams (no spool){frames}, "
             "each building its tables' indexes" in " ".join(out.split())
         )
         assert compare_databases(pg_server, source, pg_server, target) == []
     finally:
         pg_server.drop_db(target)
+
+
+def _check_frame_index(config: Path, framed: bool, compression: str) -> None:
+    """An unencrypted zstd custom dump is stored in per-table frames: the record's index names
+    every data entry (table data, large objects) of the real pg_dump archive, and each frame
+    decompresses alone and starts with the data block of the first entry it lists."""
+    import zstandard
+
+    from vya_backupdb.engines.pg_archive import read_toc
+
+    [meta] = (config.parent / "backups").rglob("*_full.metadata.json")
+    record = json.loads(meta.read_text())
+    index = record["extra"].get("frame_index")
+    if not framed:
+        assert index is None
+        return
+    stored = (config.parent / "backups" / record["file_info"]["name"]).read_bytes()
+    assert index["stored_size"] == len(stored)
+    starts = [f[0] for f in index["frames"]] + [len(stored)]
+    pieces = [
+        zstandard.ZstdDecompressor().decompressobj().decompress(stored[a:b])
+        if compression == "zstd"
+        else stored[a:b]
+        for a, b in itertools.pairwise(starts)
+    ]
+    toc = read_toc(io.BytesIO(pieces[0]))
+    assert toc.rest == b"" and pieces[0] == toc.prefix  # the head frame: header and TOC alone
+    with_data = [e.dump_id for e in toc.entries if e.had_dumper]
+    desc_of = {e.dump_id: e.desc for e in toc.entries}
+    assert {"TABLE DATA", "BLOBS"} <= {e.desc for e in toc.entries if e.had_dumper}
+    assert [u for f in index["frames"] for u in f[2]] == with_data
+    raw = len(pieces[0])
+    for (_, raw_offset, units), piece in zip(index["frames"][1:], pieces[1:], strict=True):
+        kind = b"\x03" if desc_of[units[0]] == "BLOBS" else b"\x01"  # large objects / table
+        assert piece[:6] == kind + b"\x00" + units[0].to_bytes(4, "little")
+        assert raw_offset == raw
+        raw += len(piece)

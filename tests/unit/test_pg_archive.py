@@ -10,11 +10,11 @@ import io
 
 import pytest
 
+from pg_archives import DEPENDENCIES, ENTRIES, archive, framed_archive, int_
 from vya_backupdb.engines.pg_archive import (
     SECTION_DATA,
-    SECTION_NONE,
-    SECTION_POST_DATA,
     SECTION_PRE_DATA,
+    BlockScanner,
     TocEntry,
     UnsupportedArchive,
     plan_parallel_restore,
@@ -25,64 +25,9 @@ from vya_backupdb.engines.pg_archive import (
 pytestmark = pytest.mark.unit
 
 
-def _int(value: int) -> bytes:
-    return bytes([1 if value < 0 else 0]) + abs(value).to_bytes(4, "little")
-
-
-def _str(value: str | None) -> bytes:
-    if value is None:
-        return _int(-1)
-    data = value.encode()
-    return _int(len(data)) + data
-
-
-def _archive(
-    entries: list[tuple[int, str, int, str]],
-    *,
-    version: tuple[int, int, int] = (1, 14, 0),
-    compression: int = 0,
-    data: bytes = b"\x01DATA",
-) -> bytes:
-    head = b"PGDMP" + bytes(version) + bytes([4, 8, 1])
-    head += bytes([compression]) if version[:2] >= (1, 15) else _int(compression)
-    head += b"".join(_int(v) for v in (1, 2, 3, 4, 5, 126, 0))
-    head += _str("db") + _str("15.1") + _str("15.1")
-    head += _int(len(entries))
-    for dump_id, desc, section, tag in entries:
-        head += _int(dump_id) + _int(1 if desc == "TABLE DATA" else 0)
-        head += _str("0") + _str("0") + _str(tag) + _str(desc) + _int(section)
-        head += _str("") + _str("") + _str(None) + _str("public") + _str("")
-        if version[:2] >= (1, 14):
-            head += _str("heap")
-        head += _str("owner") + _str("false")
-        head += b"".join(_str(str(d)) for d in DEPENDENCIES.get(dump_id, ())) + _str(None)
-        head += b"\x01" + bytes(8)  # offset not set
-    return head + data
-
-
-ENTRIES = [
-    (1, "ENCODING", SECTION_PRE_DATA, "ENCODING"),
-    (10, "TABLE", SECTION_PRE_DATA, "big"),
-    (11, "TABLE", SECTION_PRE_DATA, "mid"),
-    (12, "TABLE", SECTION_PRE_DATA, "small"),
-    (20, "TABLE DATA", SECTION_DATA, "big"),
-    (21, "TABLE DATA", SECTION_DATA, "mid"),
-    (22, "TABLE DATA", SECTION_DATA, "small"),
-    (23, "SEQUENCE SET", SECTION_DATA, "seq"),
-    (30, "CONSTRAINT", SECTION_POST_DATA, "big big_pkey"),
-    (31, "INDEX", SECTION_POST_DATA, "mid_idx"),
-    (32, "FK CONSTRAINT", SECTION_POST_DATA, "mid mid_big_fk"),
-    (33, "INDEX", SECTION_POST_DATA, "small_on_pkey_idx"),
-    (40, "ACL", SECTION_NONE, "TABLE big"),
-]
-# Who depends on whom (as pg_dump records it): data and keys on their table; the foreign key
-# on both tables; the last index on another post-data entry.
-DEPENDENCIES = {20: (10,), 21: (11,), 22: (12,), 30: (10,), 31: (11,), 32: (11, 10), 33: (12, 30)}
-
-
 @pytest.mark.parametrize("version", [(1, 14, 0), (1, 15, 0), (1, 13, 0)])
 def test_read_toc_reads_entries_and_keeps_prefix_and_rest(version: tuple[int, int, int]) -> None:
-    raw = _archive(ENTRIES, version=version)
+    raw = archive(ENTRIES, version=version)
     toc = read_toc(io.BytesIO(raw))
     assert [(e.dump_id, e.desc, e.section, e.tag) for e in toc.entries] == ENTRIES
     assert toc.prefix + toc.rest == raw
@@ -103,7 +48,7 @@ class _Trickle:
 
 
 def test_read_toc_works_across_small_reads() -> None:
-    toc = read_toc(_Trickle(_archive(ENTRIES)))
+    toc = read_toc(_Trickle(archive(ENTRIES)))
     assert len(toc.entries) == len(ENTRIES)
 
 
@@ -111,10 +56,10 @@ def test_read_toc_works_across_small_reads() -> None:
     ("raw", "reason"),
     [
         (b"-- plain SQL dump\n", "not a pg_dump custom-format archive"),
-        (_archive(ENTRIES, compression=6), "compressed by pg_dump"),
-        (_archive(ENTRIES, compression=1, version=(1, 15, 0)), "compressed by pg_dump"),
-        (_archive(ENTRIES, version=(1, 16, 0)), "archive version 1.16.0"),
-        (_archive(ENTRIES)[:200], "ends inside"),
+        (archive(ENTRIES, compression=6), "compressed by pg_dump"),
+        (archive(ENTRIES, compression=1, version=(1, 15, 0)), "compressed by pg_dump"),
+        (archive(ENTRIES, version=(1, 16, 0)), "archive version 1.16.0"),
+        (archive(ENTRIES)[:200], "ends inside"),
     ],
 )
 def test_read_toc_refuses_what_it_cannot_read_and_returns_the_bytes(
@@ -159,3 +104,46 @@ def test_plan_never_has_more_workers_than_tables_or_empty_lists() -> None:
 
 def test_render_list_names_one_entry_per_line() -> None:
     assert render_list([5, 3]) == "5; \n3; \n"
+
+
+# -- BlockScanner: where each data block starts -----------------------------------------------
+def _scan(raw: bytes, size: int) -> tuple[list[tuple[int, int]], BlockScanner]:
+    scanner, found = BlockScanner(), []
+    for start in range(0, len(raw), size):
+        found += scanner.feed(raw[start : start + size])
+    found += scanner.feed(b"")
+    return found, scanner
+
+
+@pytest.mark.parametrize("size", [1, 3, 7, 4096, 65537, 10**7])
+def test_block_scanner_finds_every_block_whatever_the_chunking(size: int) -> None:
+    raw, offsets = framed_archive()
+    found, scanner = _scan(raw, size)
+    assert found == sorted((offset, dump_id) for dump_id, offset in offsets.items())
+    assert scanner.complete
+    for offset, dump_id in found:
+        assert raw[offset : offset + 6] == b"\x01" + int_(dump_id)
+
+
+def test_block_scanner_reads_a_large_toc_late_and_still_reports_its_blocks() -> None:
+    # 30000 entries: a TOC beyond 1 MiB, parsed after the buffer doubled (not at every chunk).
+    many = [(1000 + i, "COMMENT", SECTION_PRE_DATA, f"c{i}") for i in range(30000)]
+    raw, offsets = framed_archive([*ENTRIES[:4], *many, *ENTRIES[4:]])
+    assert raw.index(b"\x01" + int_(20)) > 1024 * 1024
+    found, scanner = _scan(raw, 300_000)
+    assert [dump_id for _, dump_id in found] == [20, 21, 22]
+    assert [offset for offset, _ in found] == [offsets[20], offsets[21], offsets[22]]
+    assert scanner.complete
+
+
+def test_block_scanner_gives_up_quietly_on_what_it_cannot_index() -> None:
+    raw, offsets = framed_archive()
+    missing = raw[: offsets[21]] + raw[offsets[22] :]  # the block of 21 is not there
+    found, scanner = _scan(missing, 4096)
+    assert [dump_id for _, dump_id in found] == [20]
+    assert not scanner.complete
+    _, scanner = _scan(archive(ENTRIES, compression=6), 4096)
+    assert scanner.failed is not None and "compressed by pg_dump" in scanner.failed
+    assert not scanner.complete
+    _, scanner = _scan(b"-- plain SQL\n" * 100, 4096)
+    assert not scanner.complete

@@ -9,9 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from vya_backupdb.engines.process import Readable
+
+if TYPE_CHECKING:
+    from vya_backupdb.pipeline.frames import Scanner
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,9 @@ class DumpStream:
     command: str  # masked display of the command line
     format: str  # plain | custom | directory | sql | sqlite | tar
     info: dict[str, Any] = field(default_factory=dict)
+    #: Finds where the dump's units (e.g. tables' data blocks) start while it streams, so the
+    #: stored object can be cut into independent frames (pipeline/frames.py); None: no units.
+    scanner: Scanner | None = None
 
     def read(self, size: int = -1, /) -> bytes:
         return self.reader.read(size)
@@ -66,6 +72,10 @@ class RestoreOptions:
     #: Rows (or bytes) per table, ``schema.table``, from the backup's record: weights for
     #: sharing the tables among parallel restore workers.
     table_weights: dict[str, int] = field(default_factory=dict)
+    #: Opens a stream of the archive's head and only the data blocks of the given dump ids
+    #: (plus those sharing their frames), for a backup stored in indexed frames; None when
+    #: the backup has no index or cannot be read by range (workers use ``reopen`` then).
+    open_blocks: Callable[[set[int]], AbstractContextManager[Readable]] | None = None
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ else raises :class:`UnsupportedArchive` and the caller falls back to the spooled
 
 from __future__ import annotations
 
+import collections
 import contextlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -250,3 +251,133 @@ def plan_parallel_restore(
 def render_list(dump_ids: Iterable[int]) -> str:
     """Return a ``pg_restore --use-list`` file selecting ``dump_ids`` (in that order)."""
     return "".join(f"{dump_id}; \n" for dump_id in dump_ids)
+
+
+# -- data block offsets, found while the dump streams by ------------------------------------
+#: Block types of pg_backup_archiver.h: table data and large objects.
+_BLK_DATA, _BLK_BLOBS = 1, 3
+
+
+class BlockScanner:
+    """Find where each data block of a custom-format archive starts, as the archive streams
+    past (backup side; see :class:`vya_backupdb.pipeline.frames.FramedPump`).
+
+    Why: a backup compressed in independent frames cut at these offsets lets each parallel
+    restore worker decompress only its own tables' blocks (``jobs/store.py``
+    ``open_backup_blocks``) instead of the whole archive.
+
+    How: the header and TOC are parsed (:func:`read_toc`) once enough bytes arrived; they give
+    the dump ids that have data, in the order pg_dump writes their blocks (TOC order,
+    ``WriteDataChunks``). The first block follows the TOC; every later one follows the end
+    marker of the previous block (a zero length), so block *k+1* starts where the exact byte
+    string ``END, type, id(k+1)`` appears — searched with ``bytes.find`` (C speed). COPY data is
+    text and holds no NUL bytes, so the string cannot occur inside table data; large objects
+    (binary) come last, after all table data. The scanner stops at the first surprise
+    (``failed``); an incomplete index is simply not used.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()  # the head, until the TOC parsed
+        self._next_parse = 4096  # parse again each time the head doubled: O(n) in all
+        self._expected: collections.deque[tuple[int, int]] = collections.deque()  # (id, type)
+        self._pattern = b""
+        self._tail = b""  # the last len(pattern) - 1 bytes seen, for matches across chunks
+        self._offset = 0  # bytes seen so far
+        self._int_size = 4
+        self.toc: ArchiveToc | None = None
+        self.failed: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        """Whether every expected block was found."""
+        return self.toc is not None and not self._expected and self.failed is None
+
+    def _encode_int(self, value: int) -> bytes:
+        return b"\x00" + value.to_bytes(self._int_size, "little")
+
+    def _arm(self) -> None:
+        if self._expected:
+            dump_id, kind = self._expected[0]
+            end = self._encode_int(0)
+            self._pattern = end + bytes([kind]) + self._encode_int(dump_id)
+
+    def feed(self, data: bytes) -> list[tuple[int, int]]:
+        """Take the next bytes of the archive; return the (offset, dump id) of every block
+        that starts in them."""
+        if self.failed is not None or (self.toc is not None and not self._expected):
+            self._offset += len(data)
+            return []
+        if self.toc is None:
+            return self._feed_head(data)
+        return self._scan(data)
+
+    def _feed_head(self, data: bytes) -> list[tuple[int, int]]:
+        self._buffer += data
+        self._offset += len(data)
+        if len(self._buffer) < self._next_parse and data:
+            return []
+        try:
+            toc = read_toc(_BytesSource(bytes(self._buffer)))
+        except UnsupportedArchive as exc:
+            if "ends inside" in str(exc) and len(self._buffer) <= MAX_TOC_BYTES and data:
+                self._next_parse = 2 * len(self._buffer)
+                return []
+            self.failed = str(exc)
+            self._buffer = bytearray()
+            return []
+        int_size = self._buffer[8]
+        expected = collections.deque(
+            (e.dump_id, _BLK_BLOBS if e.desc in ("BLOBS", "BLOB DATA") else _BLK_DATA)
+            for e in toc.entries
+            if e.had_dumper
+        )
+        start = len(toc.prefix)
+        if expected and len(self._buffer) < start + 1 + 1 + int_size and data:
+            self._next_parse = start + 2 + int_size  # the first block header is not here yet
+            return []
+        self.toc, self._int_size, self._expected = toc, int_size, expected
+        head, self._buffer = bytes(self._buffer), bytearray()
+        if not self._expected:
+            return []
+        dump_id, kind = self._expected[0]
+        first = bytes([kind]) + self._encode_int(dump_id)
+        if head[start : start + len(first)] != first:
+            self.failed = f"no data block for dump id {dump_id} after the TOC"
+            return []
+        self._expected.popleft()
+        self._arm()
+        found = [(start, dump_id)]
+        self._offset = start
+        found += self._scan(head[start:])
+        return found
+
+    def _scan(self, data: bytes) -> list[tuple[int, int]]:
+        found: list[tuple[int, int]] = []
+        base = self._offset - len(self._tail)
+        window = self._tail + data
+        position = 0
+        while self._expected:
+            hit = window.find(self._pattern, position)
+            if hit < 0:
+                break
+            dump_id, _ = self._expected.popleft()
+            start = hit + 1 + self._int_size  # after the previous block's end marker
+            found.append((base + start, dump_id))
+            position = start
+            self._arm()
+        self._offset += len(data)
+        keep = len(self._pattern) - 1
+        self._tail = window[max(position, len(window) - keep) :] if self._expected else b""
+        return found
+
+
+class _BytesSource:
+    def __init__(self, data: bytes):
+        self._data = data
+        self._pos = 0
+
+    def read(self, size: int = -1, /) -> bytes:
+        end = len(self._data) if size < 0 else self._pos + size
+        out = self._data[self._pos : end]
+        self._pos += len(out)
+        return out

@@ -24,12 +24,11 @@ psycopg through its ``password`` argument; they are masked in every message.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import re
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -49,6 +48,7 @@ from vya_backupdb.engines.base import (
 )
 from vya_backupdb.engines.pg_archive import (
     ArchiveToc,
+    BlockScanner,
     UnsupportedArchive,
     plan_parallel_restore,
     read_toc,
@@ -60,17 +60,19 @@ from vya_backupdb.engines.process import (
     Command,
     Readable,
     ToolReader,
+    cached_tool_version,
     feed,
     find_tool,
     mask,
+    prefetch_tool_version,
     run,
-    tool_version,
 )
 from vya_backupdb.errors import (
     BackupFailed,
     ConnectionFailed,
     NotFoundError,
     RestoreFailed,
+    ToolMissing,
     VyaError,
 )
 
@@ -439,9 +441,8 @@ class _LineReader:
             yield pending.decode("utf-8", errors="replace")
 
 
-@functools.lru_cache(maxsize=16)
 def _cached_tool_version(path: str) -> str:
-    return tool_version(path)
+    return cached_tool_version(path)
 
 
 def _version_num(version_line: str) -> int | None:
@@ -551,11 +552,16 @@ class PostgresEngine:
         assert self._version_num is not None
         return self._version_num
 
-    def list_databases(self) -> list[DatabaseInfo]:
-        """Return every database with its size (None when we may not connect to it)."""
+    def list_databases(self, names: Collection[str] | None = None) -> list[DatabaseInfo]:
+        """Return every database (or those of ``names`` that exist) with its size (None when
+        we may not connect to it)."""
+        # Sizing a database stats every file of it: only the named ones when names are given.
+        wanted = None if names is None else list(names)
         rows = self._query(
             "SELECT datname, CASE WHEN has_database_privilege(oid, 'CONNECT') "
-            "THEN pg_database_size(oid) END FROM pg_database ORDER BY datname"
+            "THEN pg_database_size(oid) END FROM pg_database "
+            "WHERE %s::text[] IS NULL OR datname = ANY(%s::text[]) ORDER BY datname",
+            (wanted, wanted),
         )
         return [DatabaseInfo(name, None if size is None else int(size)) for name, size in rows]
 
@@ -572,39 +578,41 @@ class PostgresEngine:
             locale = "d.datlocprovider::text, d.daticulocale"
         else:
             locale = "'c', NULL"
-        rows = self._query(
-            sql.SQL(
-                "SELECT r.rolname, pg_encoding_to_char(d.encoding), d.datcollate, d.datctype, "
-                "{}, shobj_description(d.oid, 'pg_database'), d.datacl::text[], "
-                "d.datconnlimit, t.spcname, d.datistemplate, d.datallowconn, "
-                "(SELECT s.setconfig FROM pg_db_role_setting s "
-                "  WHERE s.setdatabase = d.oid AND s.setrole = 0) "
-                "FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba "
-                "JOIN pg_tablespace t ON t.oid = d.dattablespace WHERE d.datname = %s"
-            ).format(sql.SQL(locale)),
-            (db,),
-        )
-        if not rows:
-            raise NotFoundError(
-                f"database {db!r} does not exist on PostgreSQL instance {self.instance.id!r}"
-            )
+        # One connection for the three queries (a connection costs the server a process).
+        with self._connect() as conn:
+            rows = conn.execute(
+                sql.SQL(
+                    "SELECT r.rolname, pg_encoding_to_char(d.encoding), d.datcollate, "
+                    "d.datctype, {}, shobj_description(d.oid, 'pg_database'), d.datacl::text[], "
+                    "d.datconnlimit, t.spcname, d.datistemplate, d.datallowconn, "
+                    "(SELECT s.setconfig FROM pg_db_role_setting s "
+                    "  WHERE s.setdatabase = d.oid AND s.setrole = 0) "
+                    "FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba "
+                    "JOIN pg_tablespace t ON t.oid = d.dattablespace WHERE d.datname = %s"
+                ).format(sql.SQL(locale)),
+                (db,),
+            ).fetchall()
+            if not rows:
+                raise NotFoundError(
+                    f"database {db!r} does not exist on PostgreSQL instance {self.instance.id!r}"
+                )
+            privileges = conn.execute(
+                "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE g.rolname END, "
+                "a.privilege_type, a.is_grantable "
+                "FROM pg_database d, aclexplode(d.datacl) WITH ORDINALITY a "
+                "LEFT JOIN pg_roles g ON g.oid = a.grantee "
+                # ACL order, so that replaying the grants rebuilds the same aclitem array.
+                "WHERE d.datname = %s ORDER BY a.ordinality",
+                (db,),
+            ).fetchall()
+            role_settings = conn.execute(
+                "SELECT r.rolname, s.setconfig FROM pg_db_role_setting s "
+                "JOIN pg_database d ON d.oid = s.setdatabase "
+                "JOIN pg_roles r ON r.oid = s.setrole WHERE d.datname = %s ORDER BY 1",
+                (db,),
+            ).fetchall()
         (owner, encoding, collate, ctype, provider, icu, comment, acl, connlimit, tablespace,
          is_template, allow_conn, settings) = rows[0]  # fmt: skip
-        privileges = self._query(
-            "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE g.rolname END, "
-            "a.privilege_type, a.is_grantable "
-            "FROM pg_database d, aclexplode(d.datacl) WITH ORDINALITY a "
-            "LEFT JOIN pg_roles g ON g.oid = a.grantee "
-            # ACL order, so that replaying the grants rebuilds the same aclitem array.
-            "WHERE d.datname = %s ORDER BY a.ordinality",
-            (db,),
-        )
-        role_settings = self._query(
-            "SELECT r.rolname, s.setconfig FROM pg_db_role_setting s "
-            "JOIN pg_database d ON d.oid = s.setdatabase JOIN pg_roles r ON r.oid = s.setrole "
-            "WHERE d.datname = %s ORDER BY 1",
-            (db,),
-        )
         providers = {"c": "libc", "i": "icu", "b": "builtin"}
         return {
             "name": db,
@@ -652,6 +660,13 @@ class PostgresEngine:
                     stats[f"{schema}.{table}"] = int(row[0]) if row else 0
         return stats
 
+    def prepare_dump(self, db: str) -> None:
+        """Start on a daemon thread what :meth:`dump` would wait for first (``pg_dump
+        --version``), so that a dump started next finds it done; never raises (a missing
+        pg_dump is reported by the dump itself)."""
+        with contextlib.suppress(ToolMissing):
+            prefetch_tool_version(self._tool("pg_dump"))
+
     # ---- dump
 
     def dump_format_for(self, db: str) -> PgFormat:
@@ -691,9 +706,12 @@ class PostgresEngine:
                 command = make_pg_dump_command(
                     pg_dump, self.instance, self._password, db, fmt=fmt, extra=extra
                 )
+                # Custom archives: find each table's data block as it streams by, so the
+                # backup is stored in per-table frames (parallel restore reads only its own).
+                scanner = BlockScanner() if fmt == "custom" else None
                 with ToolReader(command, BackupFailed) as reader:
                     yield DumpStream(reader, EXTENSIONS[fmt], "pg_dump", version,
-                                     command.display(), fmt, info)  # fmt: skip
+                                     command.display(), fmt, info, scanner)  # fmt: skip
                 return
             with tempfile.TemporaryDirectory(prefix="vya-pgdir-") as tmp:
                 out = Path(tmp) / "dump"
@@ -808,10 +826,11 @@ class PostgresEngine:
         archive.write_bytes(toc.prefix)
         plan = plan_parallel_restore(toc.entries, options.jobs, options.table_weights)
         log.info(
-            "parallel restore of %s: %d data worker(s) reading their own streams (no spool), "
+            "parallel restore of %s: %d data worker(s) reading their own streams (no spool)%s, "
             "each building its tables' indexes, then the rest with --jobs %d",
             db,
             len(plan.data),
+            ", each only its tables' frames" if options.open_blocks is not None else "",
             options.jobs,
         )
 
@@ -851,21 +870,30 @@ class PostgresEngine:
                 feed(command(f"indexes{index}.list", plan.indexes[index], 1, archive), None,
                      RestoreFailed, stdout_tail=False)  # fmt: skip
 
+        open_blocks = options.open_blocks
+
         def worker(index: int) -> None:
             try:
-                with reopen() as source:
-                    load(index, source)
+                if open_blocks is not None:
+                    # A framed backup: only the head and this worker's tables' frames.
+                    with open_blocks(set(plan.data[index])) as source:
+                        load(index, source)
+                else:
+                    with reopen() as source:
+                        load(index, source)
             except BaseException as exc:
                 failed(exc)
 
+        # Without frames, the first worker goes on with the stream the TOC was read from.
+        first = 0 if open_blocks is not None else 1
         threads = [
             threading.Thread(target=worker, args=(i,), name=f"pg-restore-data-{i}", daemon=True)
-            for i in range(1, len(plan.data))
+            for i in range(first, len(plan.data))
         ]
         for thread in threads:
             thread.start()
         try:
-            if plan.data:
+            if plan.data and first:
                 load(0, _Prefixed(toc.prefix + toc.rest, stream))
         except BaseException as exc:
             failed(exc)

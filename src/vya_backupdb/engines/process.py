@@ -19,6 +19,7 @@ import subprocess
 import tempfile
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol
@@ -93,6 +94,34 @@ def tool_version(path: str) -> str:
     except (OSError, subprocess.TimeoutExpired):
         return ""
     return (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr) else ""
+
+
+_versions: dict[str, Future[str]] = {}
+_versions_lock = threading.Lock()
+
+
+def prefetch_tool_version(path: str) -> None:
+    """Start looking up ``path --version`` on a daemon thread (once per path and process), so
+    that :func:`cached_tool_version` finds it ready instead of waiting for the tool to start."""
+    with _versions_lock:
+        if path in _versions:
+            return
+        future: Future[str] = Future()
+        _versions[path] = future
+
+    def lookup() -> None:
+        try:
+            future.set_result(tool_version(path))
+        except BaseException as exc:  # pragma: no cover - tool_version catches what it expects
+            future.set_exception(exc)
+
+    threading.Thread(target=lookup, name="tool-version", daemon=True).start()
+
+
+def cached_tool_version(path: str) -> str:
+    """Return :func:`tool_version` of ``path``, looked up once per process."""
+    prefetch_tool_version(path)
+    return _versions[path].result()
 
 
 @contextlib.contextmanager
@@ -171,23 +200,58 @@ class ToolReader:
     """
 
     def __init__(
-        self, command: Command, error_cls: type[VyaError] = BackupFailed, *, direct: bool = False
+        self,
+        command: Command,
+        error_cls: type[VyaError] = BackupFailed,
+        *,
+        direct: bool = False,
+        stdin: Readable | None = None,
+        stdin_file: IO[bytes] | None = None,
     ):
         self.command = command
         #: feed() may connect this tool's stdout straight to the next tool's stdin.
         self.direct = direct
         self._error_cls = error_cls
-        self._proc = _spawn(command, subprocess.DEVNULL, subprocess.PIPE)
+        # ``stdin_file``: an open file the tool reads itself (no byte through us); its offset,
+        # shared with the tool, tells how far the tool has read.
+        child_stdin = subprocess.PIPE if stdin is not None else stdin_file or subprocess.DEVNULL
+        self._proc = _spawn(command, child_stdin, subprocess.PIPE)
         assert self._proc.stdout is not None
         assert self._proc.stderr is not None
         self._stdout = self._proc.stdout
         self._stderr = _StderrCollector(self._proc.stderr, command.secrets)
         self._stderr.start()
+        self._feeder: threading.Thread | None = None
+        self._feed_error: OSError | None = None
+        if stdin is not None:
+            # The tool's input (e.g. compressed frames for a decompressor), written by a
+            # thread of ours; it ends when the tool stops reading (killed, or done early).
+            self._feeder = threading.Thread(
+                target=self._feed_stdin, args=(stdin,), name="tool-stdin", daemon=True
+            )
+            self._feeder.start()
         self._eof = False
         self._handed_off = False
         self._timer: threading.Timer | None = None
         self._timeout: float | None = None
         self._timed_out = False
+
+    def _feed_stdin(self, source: Readable) -> None:
+        assert self._proc.stdin is not None
+        try:
+            while chunk := source.read(COPY_CHUNK):
+                self._proc.stdin.write(chunk)
+        except (BrokenPipeError, ValueError):  # the tool exited or was killed: it says why
+            pass
+        except OSError as exc:  # our source failed: the tool saw a short input
+            self._feed_error = exc
+        finally:
+            with contextlib.suppress(OSError):
+                self._proc.stdin.close()
+
+    def _join_feeder(self) -> None:
+        if self._feeder is not None:
+            self._feeder.join()
 
     def set_timeout(self, seconds: float) -> None:
         """Kill the tool when it has not finished ``seconds`` from now (a per-database limit);
@@ -242,9 +306,13 @@ class ToolReader:
             while self.read(COPY_CHUNK):
                 pass
         returncode = self._proc.wait()
+        self._join_feeder()
         self._cancel_timer()
         self._stderr.join(timeout=10)
         self._stdout.close()
+        if self._feed_error is not None:
+            tool = Path(self.command.argv[0]).name
+            raise self._error_cls(f"reading the input of {tool} failed: {self._feed_error}")
         if self._timed_out:
             tool = Path(self.command.argv[0]).name
             raise self._error_cls(
@@ -256,6 +324,19 @@ class ToolReader:
         if returncode != 0 and not self._handed_off:
             raise _failure(self._error_cls, self.command, returncode, self._stderr.tail())
 
+    def exit_error(self, *, broken_pipe_ok: bool = False) -> VyaError | None:
+        """Wait for a handed-off tool; return the ``error_cls`` its exit status means, or None.
+
+        For a consumer that must read the whole stream (a client executing a script): its
+        exit status alone cannot tell a complete input from one cut short by the producer.
+        ``broken_pipe_ok``: death by SIGPIPE (the consumer stopped first) is not an error.
+        """
+        returncode = self._proc.wait()
+        self._stderr.join(timeout=10)
+        if returncode == 0 or (broken_pipe_ok and returncode == -signal.SIGPIPE):
+            return None
+        return _failure(self._error_cls, self.command, returncode, self._stderr.tail())
+
     def abort(self) -> None:
         """Kill the child (and its process group) and reap it."""
         self._cancel_timer()
@@ -263,6 +344,7 @@ class ToolReader:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self._proc.pid, signal.SIGKILL)
         self._proc.wait()
+        self._join_feeder()
         self._stderr.join(timeout=5)
         with contextlib.suppress(OSError):
             self._stdout.close()

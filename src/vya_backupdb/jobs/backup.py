@@ -461,7 +461,11 @@ class BackupJob:
             level=level,
             strategy=strategy,
             stats={"tables": stats, "table_count": len(stats), "rows": sum(stats.values())},
-            extra={"database_properties": properties, **dump.info},
+            extra={
+                "database_properties": properties,
+                **dump.info,
+                **({"frame_index": stored.frames.as_record()} if stored.frames else {}),
+            },
         )
         return self._commit_record(record, stored, instance, database, t0, context)
 

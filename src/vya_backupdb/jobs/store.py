@@ -9,17 +9,20 @@ writer's block, so a failed source can never be committed.
 from __future__ import annotations
 
 import contextlib
+import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from vya_backupdb.catalog import layout
 from vya_backupdb.catalog.catalog import read_text, write_text
 from vya_backupdb.catalog.records import BackupRecord
-from vya_backupdb.errors import CredentialError, IntegrityError, StorageError
+from vya_backupdb.errors import CredentialError, IntegrityError, StorageError, VyaError
 from vya_backupdb.pipeline.codecs import Codec, Readable, aborting, get_codec
+from vya_backupdb.pipeline.frames import FrameIndex, FramingWriter, pump_framed
 from vya_backupdb.pipeline.stream import (
     CountingReader,
     HashingReader,
@@ -64,6 +67,9 @@ class StoredObject:
     sha256: str
     #: What the record keeps about the encryption (public recipients), None when not encrypted.
     encryption: dict[str, Any] | None = None
+    #: Where the dump's units (tables) start in the stored object, when it was written in
+    #: independent frames (pipeline/frames.py); None otherwise.
+    frames: FrameIndex | None = None
 
 
 def unused_names(
@@ -100,6 +106,7 @@ def write_backup_object(
     source_cm = open_source()
     source = source_cm.__enter__()
     source_open = True
+    index: FrameIndex | None = None
     try:
         names = names_for(source)
         with storage.put(names.data) as sink:
@@ -107,8 +114,19 @@ def write_backup_object(
             # Encrypt after compressing (ciphertext does not compress); hash what is stored.
             encryptor = encryption.writer(hasher) if encryption is not None else None
             with aborting(codec.writer(encryptor or hasher, level, threads)) as compressor:
-                raw = pump(CountingReader(source, progress), compressor)
-                compressor.close()
+                counted = CountingReader(source, progress)
+                scanner = getattr(source, "scanner", None)
+                if (
+                    scanner is not None
+                    and encryptor is None
+                    and isinstance(compressor, FramingWriter)
+                ):
+                    # Independent frames cut where the dump's units start: parallel restore
+                    # workers then decompress only their own tables (pipeline/frames.py).
+                    raw, index = pump_framed(counted, compressor, scanner, lambda: hasher.bytes)
+                else:
+                    raw = pump(counted, compressor)
+                    compressor.close()
             if encryptor is not None:
                 encryptor.close()
             source_open = False
@@ -123,7 +141,7 @@ def write_backup_object(
         storage.delete(names.data)
         raise
     meta = encryption.metadata() if encryption is not None else None
-    return names, StoredObject(names.data, raw, hasher.bytes, hasher.sha256, meta)
+    return names, StoredObject(names.data, raw, hasher.bytes, hasher.sha256, meta, index)
 
 
 def remove_backup(storage: Storage, record_id: str, data_name: str) -> None:
@@ -261,12 +279,24 @@ _DECOMPRESSORS: dict[str, list[list[str]]] = {
 
 @contextlib.contextmanager
 def open_backup_stream_direct(
-    storage: Storage, record: BackupRecord, keys: KeyProvider | None = None
+    storage: Storage,
+    record: BackupRecord,
+    keys: KeyProvider | None = None,
+    *,
+    progress: Callable[[int], None] | None = None,
+    whole: bool = False,
 ) -> Iterator[Readable]:
     """Like :func:`open_backup_stream`, for a backup whose checksum was already verified:
     when it is a local, unencrypted file and the codec's command-line decompressor is
     installed, yield that tool's output (a ToolReader that feed() connects straight to the
-    next tool: no byte passes through Python); otherwise the in-process stream."""
+    next tool: no byte passes through Python); otherwise the in-process stream.
+
+    ``progress`` gets the stored bytes read so far (the tool's offset in the file).
+    ``whole``: the consumer reads the stream to its end (a client running a script, whose
+    own success cannot tell a whole script from a cut one). Leaving the block then raises
+    IntegrityError unless the decompressor exited 0 after reading exactly the recorded size;
+    when the consumer failed because the decompressor did, that IntegrityError replaces the
+    consumer's error (the in-process stream checks the same through its hash)."""
     import shutil
 
     from vya_backupdb.engines.process import Command, ToolReader
@@ -275,12 +305,166 @@ def open_backup_stream_direct(
     tools = _DECOMPRESSORS.get(record.file_info.compression, [])
     argv = next((t for t in tools if shutil.which(t[0])), None)
     if path is None or record.file_info.encryption or argv is None:
-        with open_backup_stream(storage, record, keys=keys) as stream:
+        with open_backup_stream(storage, record, progress, keys=keys) as stream:
             yield stream
         return
-    command = Command([shutil.which(argv[0]) or argv[0], *argv[1:], path])
-    with ToolReader(command, IntegrityError, direct=True) as reader:
-        yield reader
+    tool = shutil.which(argv[0]) or argv[0]
+    if progress is None and not whole:
+        with ToolReader(Command([tool, *argv[1:], path]), IntegrityError, direct=True) as reader:
+            yield reader
+        return
+    # The tool reads the file as its stdin: the offset it shares with our descriptor tells
+    # how far it has read (no byte passes through Python).
+    command = Command([tool, *argv[1:]])
+    with (
+        open(path, "rb", buffering=0) as handle,
+        _OffsetProgress(handle, progress) as offset,
+        ToolReader(command, IntegrityError, direct=True, stdin_file=handle) as reader,
+    ):
+        if not whole:
+            yield reader
+            return
+        try:
+            yield reader
+        except VyaError as exc:
+            cause = reader.exit_error(broken_pipe_ok=True)
+            if cause is not None:
+                raise _cut_short(record, cause.message, cause.details) from exc
+            raise
+        failure = reader.exit_error()
+        if failure is not None:
+            raise _cut_short(record, failure.message, failure.details)
+        if offset.position() != record.file_info.size:
+            raise _cut_short(
+                record,
+                f"{offset.position()} of its {record.file_info.size} bytes were read",
+                None,
+            )
+
+
+def _cut_short(record: BackupRecord, what: str, details: str | None) -> IntegrityError:
+    return IntegrityError(
+        f"restoring {record.file_info.name} stopped short: {what}",
+        hint="The file changed or became unreadable after its checksum was verified; the "
+        "target may be partly restored. Check the file with: vya-backupdb verify --file PATH",
+        details=details,
+    )
+
+
+class _OffsetProgress:
+    """Report a file's offset to ``progress`` (when given) every ``interval`` seconds, and
+    once at the end."""
+
+    def __init__(
+        self, handle: IO[bytes], progress: Callable[[int], None] | None, interval: float = 0.5
+    ):
+        self._fd = handle.fileno()
+        self._progress = progress
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="offset-progress", daemon=True)
+
+    def position(self) -> int:
+        return os.lseek(self._fd, 0, os.SEEK_CUR)
+
+    def _run(self) -> None:
+        assert self._progress is not None
+        while not self._stop.wait(self._interval):
+            self._progress(self.position())
+
+    def __enter__(self) -> _OffsetProgress:
+        if self._progress is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if self._progress is not None:
+            self._stop.set()
+            self._thread.join()
+            if exc_type is None:
+                self._progress(self.position())
+
+
+def frame_index_of(storage: Storage, record: BackupRecord) -> FrameIndex | None:
+    """Return the frame index of a backup that a reader can use by range: recorded, for an
+    unencrypted local object of the recorded size; None otherwise."""
+    index = FrameIndex.from_record(record.extra.get("frame_index"))
+    if (
+        index is None
+        or record.file_info.encryption
+        or record.file_info.compression not in ("zstd", "none")
+        or index.stored_size != record.file_info.size
+        or storage.local_path(record.file_info.name) is None
+    ):
+        return None
+    return index
+
+
+def block_opener(
+    storage: Storage, record: BackupRecord
+) -> Callable[[set[int]], AbstractContextManager[Readable]] | None:
+    """Return ``RestoreOptions.open_blocks`` for a backup: opens its head plus the frames of
+    some units, when the backup is framed and readable by range; None otherwise."""
+    index = frame_index_of(storage, record)
+    if index is None:
+        return None
+    return lambda units: open_backup_blocks(storage, record, index, units)
+
+
+@contextlib.contextmanager
+def open_backup_blocks(
+    storage: Storage, record: BackupRecord, index: FrameIndex, units: set[int]
+) -> Iterator[Readable]:
+    """Yield the decompressed head of a framed backup plus only the frames in which
+    ``units`` start (see pipeline/frames.py), for a backup whose checksum was already
+    verified. zstd frames go through the ``zstd`` tool, whose output feed() hands straight to
+    the restore tool; without it (or for the ``none`` codec) they are read in-process."""
+    import shutil
+
+    from vya_backupdb.engines.process import Command, ToolReader
+
+    path = storage.local_path(record.file_info.name)
+    assert path is not None
+    ranges = _RangeReader(path, index.ranges_for(units))
+    try:
+        zstd = shutil.which("zstd") if record.file_info.compression == "zstd" else None
+        if zstd is not None:
+            with ToolReader(
+                Command([zstd, "-dcq"]), IntegrityError, direct=True, stdin=ranges
+            ) as r:
+                yield r
+            return
+        yield _TranslatingReader(
+            get_codec(record.file_info.compression).reader(ranges), record.file_info.name
+        )
+    finally:
+        ranges.close()
+
+
+class _RangeReader:
+    """Reads byte ranges ``[start, end)`` of a file one after the other, as one stream."""
+
+    def __init__(self, path: str, ranges: list[tuple[int, int]]):
+        self._handle = open(path, "rb")  # noqa: SIM115 - closed by close()
+        self._ranges = list(reversed(ranges))
+        self._left = 0
+
+    def read(self, size: int = -1, /) -> bytes:
+        while self._left == 0:
+            if not self._ranges:
+                return b""
+            start, end = self._ranges.pop()
+            self._handle.seek(start)
+            self._left = end - start
+        want = self._left if size is None or size < 0 else min(size, self._left)
+        data = self._handle.read(want)
+        if not data:
+            raise OSError(f"{self._handle.name} is shorter than its frame index")
+        self._left -= len(data)
+        return data
+
+    def close(self) -> None:
+        self._handle.close()
 
 
 class _TranslatingReader:

@@ -53,6 +53,7 @@ from vya_backupdb.errors import (
     VyaError,
 )
 from vya_backupdb.jobs.store import (
+    block_opener,
     check_checksum,
     open_backup_stream,
     open_backup_stream_direct,
@@ -653,6 +654,7 @@ class VerifyJob:
             # As a real restore: parallel workers read their own streams, no spool.
             reopen=lambda: open_backup_stream_direct(self.storage, record, self.keys),
             table_weights=dict(record.stats.get("tables", {})),
+            open_blocks=block_opener(self.storage, record),
         )
         log.info("test restore of %s into %s on %s", record.id, temp_db, target.id)
         try:

@@ -73,6 +73,9 @@ class _PassWriter:
         self._sink.write(data)
         return len(data)
 
+    def end_frame(self) -> None:
+        return None
+
     def close(self) -> None:
         return None
 
@@ -294,6 +297,10 @@ class _ZstdWriter:
     def write(self, data: bytes, /) -> int:
         self._writer.write(data)
         return len(data)
+
+    def end_frame(self) -> None:
+        """End the current zstd frame (the next write starts a new, independent one)."""
+        self._writer.flush(zstandard.FLUSH_FRAME)
 
     def close(self) -> None:
         self._writer.close()  # type: ignore[no-untyped-call]

@@ -1,0 +1,148 @@
+"""Backups stored as independent compressed frames, with an index of where each unit starts.
+
+A dump that knows its own structure (a pg_dump custom archive: header + TOC, then one data
+block per table) offers a *scanner* that reports the raw offset where each unit (block)
+starts. :func:`pump_framed` ends the current compressed frame at such a boundary (once the
+frame holds at least ``min_frame`` raw bytes) and records, per frame, its offset in the stored
+object, its raw offset and the units that start in it. A reader can then decompress only the
+frames it needs: a parallel restore worker reads the archive head plus its own tables'
+frames, not the whole backup (jobs/store.py ``open_backup_blocks``).
+
+The object stays one ordinary compressed stream: concatenated frames decompress as a whole
+with any zstd (or the ``none`` codec), so nothing else changes for verify, download or a DBA
+with ``zstd -dc``. Only unencrypted objects are indexed (the offsets are offsets of the
+stored bytes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from vya_backupdb.pipeline.codecs import CHUNK, Readable, StreamWriter
+
+#: A frame is ended at a unit boundary only once it holds this many raw bytes: small tables
+#: share a frame (fewer frames, better compression), large ones get frames of their own.
+MIN_FRAME = 1024 * 1024
+INDEX_VERSION = 1
+
+
+class Scanner(Protocol):
+    """Reports unit boundaries of a stream fed to it chunk by chunk."""
+
+    def feed(self, data: bytes) -> list[tuple[int, int]]:
+        """Take the next bytes; return (raw offset, unit id) of every unit starting in them."""
+        ...
+
+    @property
+    def complete(self) -> bool:
+        """Whether every unit the stream announced was found."""
+        ...
+
+
+@runtime_checkable
+class FramingWriter(StreamWriter, Protocol):
+    def end_frame(self) -> None:
+        """Finish the current frame: everything written so far reaches the sink."""
+        ...
+
+
+@dataclass
+class FrameIndex:
+    """Per frame: offset in the stored object, raw offset, ids of the units starting in it."""
+
+    frames: list[tuple[int, int, tuple[int, ...]]] = field(default_factory=list)
+    stored_size: int = 0
+    raw_size: int = 0
+
+    def as_record(self) -> dict[str, Any]:
+        """Return the compact form kept in the backup's metadata record."""
+        return {
+            "version": INDEX_VERSION,
+            "stored_size": self.stored_size,
+            "raw_size": self.raw_size,
+            "frames": [[stored, raw, list(ids)] for stored, raw, ids in self.frames],
+        }
+
+    @classmethod
+    def from_record(cls, value: object) -> FrameIndex | None:
+        """Return the index kept in a record, or None when absent or not understood."""
+        if not isinstance(value, dict) or value.get("version") != INDEX_VERSION:
+            return None
+        try:
+            frames = [
+                (int(stored), int(raw), tuple(int(i) for i in ids))
+                for stored, raw, ids in value["frames"]
+            ]
+            index = cls(frames, int(value["stored_size"]), int(value["raw_size"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+        offsets = [stored for stored, _, _ in frames]
+        if not frames or offsets[0] != 0 or offsets != sorted(offsets):
+            return None
+        return index
+
+    def ranges_for(self, ids: set[int]) -> list[tuple[int, int]]:
+        """Return the stored byte ranges ``[start, end)`` holding the first frame (the
+        archive head) and every frame in which one of ``ids`` starts, adjacent ones merged.
+
+        A unit never spans frames: frames are cut only where units start."""
+        ends = [stored for stored, _, _ in self.frames[1:]] + [self.stored_size]
+        ranges: list[tuple[int, int]] = []
+        for number, ((start, _, units), end) in enumerate(zip(self.frames, ends, strict=True)):
+            if number and not ids.intersection(units):
+                continue
+            if ranges and ranges[-1][1] == start:
+                ranges[-1] = (ranges[-1][0], end)
+            else:
+                ranges.append((start, end))
+        return ranges
+
+
+def pump_framed(
+    source: Readable,
+    compressor: FramingWriter,
+    scanner: Scanner,
+    stored_bytes: Callable[[], int],
+    *,
+    min_frame: int = MIN_FRAME,
+    chunk: int = CHUNK,
+) -> tuple[int, FrameIndex | None]:
+    """Copy ``source`` into ``compressor``, ending frames at the scanner's boundaries.
+
+    ``stored_bytes`` returns how many bytes reached storage so far (after compression); it is
+    read right after each frame ends. Return (raw byte count, index); the index is None when
+    the scanner did not find every unit (the backup is still complete and valid — it is only
+    not indexed)."""
+    index = FrameIndex()
+    frame_units: list[int] = []
+    frame_start = 0  # raw offset of the current frame
+    total = 0
+    while data := source.read(chunk):
+        position = 0
+        for offset, unit in scanner.feed(data):
+            cut = offset - total
+            # A boundary inside bytes already written (the scanner may report the head's
+            # units late) cannot end a frame: the unit then starts inside the current one.
+            big = offset - frame_start >= min_frame or (not index.frames and offset > 0)
+            if cut >= position and big:
+                compressor.write(data[position:cut])
+                position = cut
+                compressor.end_frame()
+                index.frames.append((_stored_start(index), frame_start, tuple(frame_units)))
+                index.stored_size = stored_bytes()
+                frame_start, frame_units = offset, []
+            frame_units.append(unit)
+        compressor.write(data[position:])
+        total += len(data)
+    compressor.close()
+    index.frames.append((_stored_start(index), frame_start, tuple(frame_units)))
+    index.stored_size = stored_bytes()
+    index.raw_size = total
+    return total, index if scanner.complete else None
+
+
+def _stored_start(index: FrameIndex) -> int:
+    """Stored offset where the frame being appended starts: the end of the previous one."""
+    return index.stored_size if index.frames else 0

@@ -1,0 +1,131 @@
+"""Backups stored in independent frames cut where the dump's units start (pipeline/frames.py),
+and reading back only some units' frames (jobs/store.py open_backup_blocks)."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import zstandard
+
+from pg_archives import framed_archive
+from vya_backupdb.engines.pg_archive import BlockScanner
+from vya_backupdb.pipeline.codecs import get_codec
+from vya_backupdb.pipeline.frames import FrameIndex, pump_framed
+from vya_backupdb.pipeline.stream import HashingWriter
+
+pytestmark = pytest.mark.unit
+
+
+class _Scanner:
+    """Reports fixed unit boundaries (offset, id) as the bytes pass."""
+
+    def __init__(self, units: list[tuple[int, int]], complete: bool = True):
+        self._units = units
+        self._seen = 0
+        self.complete = complete
+
+    def feed(self, data: bytes) -> list[tuple[int, int]]:
+        start, self._seen = self._seen, self._seen + len(data)
+        return [(o, u) for o, u in self._units if start <= o < self._seen]
+
+
+def _write(
+    raw: bytes, scanner: object, codec: str = "zstd", min_frame: int = 1, chunk: int = 1000
+) -> tuple[bytes, FrameIndex | None]:
+    out = io.BytesIO()
+    hasher = HashingWriter(out)
+    writer = get_codec(codec).writer(hasher, 3, 2)
+    total, index = pump_framed(
+        io.BytesIO(raw), writer, scanner, lambda: hasher.bytes, min_frame=min_frame, chunk=chunk
+    )  # type: ignore[arg-type]
+    assert total == len(raw)
+    return out.getvalue(), index
+
+
+RAW = b"HEAD" * 10 + b"".join(bytes([65 + u]) * (2000 + 300 * u) for u in range(4))
+UNITS = [(40, 0), (2040, 1), (4340, 2), (6940, 3)]
+
+
+def test_frames_decompress_alone_and_together() -> None:
+    stored, index = _write(RAW, _Scanner(UNITS))
+    assert index is not None
+    assert zstandard.ZstdDecompressor().decompressobj().decompress(stored[:0]) == b""
+    # The whole object is an ordinary zstd stream (concatenated frames).
+    assert get_codec("zstd").reader(io.BytesIO(stored)).read(10**6) == RAW
+    assert [raw for _, raw, _ in index.frames] == [0, 40, 2040, 4340, 6940]
+    assert [units for _, _, units in index.frames] == [(), (0,), (1,), (2,), (3,)]
+    assert index.stored_size == len(stored) and index.raw_size == len(RAW)
+    ends = [s for s, _, _ in index.frames[1:]] + [len(stored)]
+    for (start, raw_start, _), end, raw_end in zip(
+        index.frames, ends, [*UNITS[0:1], *UNITS[1:], (len(RAW), None)], strict=True
+    ):
+        alone = zstandard.ZstdDecompressor().decompressobj().decompress(stored[start:end])
+        assert alone == RAW[raw_start : raw_end[0]]
+
+
+def test_ranges_for_keeps_the_head_and_the_frames_of_the_units_asked_for() -> None:
+    stored, index = _write(RAW, _Scanner(UNITS))
+    assert index is not None
+    for wanted, expected in [
+        ({2}, RAW[:40] + RAW[4340:6940]),
+        ({0, 1}, RAW[:4340]),  # adjacent frames merged into one range
+        ({3, 0}, RAW[:2040] + RAW[6940:]),
+        (set(), RAW[:40]),
+    ]:
+        ranges = index.ranges_for(wanted)
+        data = b"".join(stored[a:b] for a, b in ranges)
+        assert get_codec("zstd").reader(io.BytesIO(data)).read(10**6) == expected
+    assert len(index.ranges_for({0, 1})) == 1
+
+
+def test_small_units_share_a_frame_and_late_boundaries_do_not_cut() -> None:
+    _, index = _write(RAW, _Scanner(UNITS), min_frame=3000)
+    assert index is not None
+    # Head alone, then a frame is cut only once it holds >= 3000 raw bytes.
+    assert [(raw, units) for _, raw, units in index.frames] == [
+        (0, ()),
+        (40, (0, 1)),
+        (4340, (2, 3)),
+    ]
+    # A scanner that reports a unit after its bytes were written: it joins the current frame.
+    late = _Scanner([])
+    late.feed = lambda data, _s=late: [(5, 9)] if data[:4] == b"AAAA" else []  # type: ignore[method-assign]
+    _, index = _write(RAW, late, chunk=100)
+    assert index is not None and 9 in index.frames[0][2]
+
+
+def test_an_incomplete_scan_stores_everything_but_no_index() -> None:
+    stored, index = _write(RAW, _Scanner(UNITS, complete=False))
+    assert index is None
+    assert get_codec("zstd").reader(io.BytesIO(stored)).read(10**6) == RAW
+
+
+def test_uncompressed_frames_are_plain_offsets() -> None:
+    stored, index = _write(RAW, _Scanner(UNITS), codec="none")
+    assert stored == RAW and index is not None
+    assert [(s, r) for s, r, _ in index.frames] == [
+        (0, 0),
+        (40, 40),
+        (2040, 2040),
+        (4340, 4340),
+        (6940, 6940),
+    ]
+
+
+def test_frame_index_survives_the_record_and_rejects_what_it_does_not_know() -> None:
+    _, index = _write(RAW, _Scanner(UNITS))
+    assert index is not None
+    assert FrameIndex.from_record(index.as_record()) == index
+    for bad in (None, {}, {"version": 2}, {**index.as_record(), "frames": [[5, 0, []]]},
+                {**index.as_record(), "frames": [[0, 0, []], [9, 1, []], [3, 2, []]]},
+                {**index.as_record(), "frames": "x"}):  # fmt: skip
+        assert FrameIndex.from_record(bad) is None
+
+
+def test_a_real_scanner_drives_the_frames() -> None:
+    raw, offsets = framed_archive()
+    _, index = _write(raw, BlockScanner(), min_frame=1, chunk=4096)
+    assert index is not None
+    assert [units for _, _, units in index.frames] == [(), (20,), (21,), (22,)]
+    assert [r for _, r, _ in index.frames][1:] == [offsets[20], offsets[21], offsets[22]]
