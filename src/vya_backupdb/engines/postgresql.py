@@ -36,8 +36,8 @@ from typing import Any, Literal
 import psycopg
 from psycopg import sql
 
+from vya_backupdb.background import Background
 from vya_backupdb.config.models import InstanceConfig, PgFormat
-from vya_backupdb.engines import pg_globals
 from vya_backupdb.engines.base import (
     DatabaseInfo,
     DumpStream,
@@ -465,6 +465,9 @@ class PostgresEngine:
         self.instance = instance
         self._password = password
         self._version_num: int | None = None
+        #: Row counts taken during a parallel restore, per database (restored_table_stats).
+        self._restored_counts: dict[str, dict[str, int]] = {}
+        self._counted_lock = threading.Lock()
 
     # ---- connections
 
@@ -637,6 +640,23 @@ class PostgresEngine:
 
     def table_stats(self, db: str) -> dict[str, int]:
         """Return exact row counts (``count(*)``) of every user table, keyed ``schema.table``."""
+        return self._count_tables(db, {})
+
+    def restored_table_stats(self, db: str) -> dict[str, int]:
+        """Return what :meth:`table_stats` returns, reusing the counts a parallel restore of
+        ``db`` by this engine took right after each table's data was in (while indexes were
+        being built); only the other tables are counted now."""
+        with self._counted_lock:
+            known = self._restored_counts.pop(db, {})
+        return self._count_tables(db, known)
+
+    def _count_loaded(self, db: str, tables: list[tuple[str, str]]) -> dict[str, int]:
+        if not tables:
+            return {}
+        with self._connect(db) as conn:
+            return {f"{schema}.{table}": _count(conn, schema, table) for schema, table in tables}
+
+    def _count_tables(self, db: str, known: dict[str, int]) -> dict[str, int]:
         with self._connect(db) as conn:
             tables = conn.execute(
                 "SELECT n.nspname, c.relname FROM pg_class c "
@@ -653,11 +673,8 @@ class PostgresEngine:
             with conn.transaction():
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 for schema, table in tables:
-                    query = sql.SQL("SELECT count(*) FROM {}.{}").format(
-                        sql.Identifier(schema), sql.Identifier(table)
-                    )
-                    row = conn.execute(query).fetchone()
-                    stats[f"{schema}.{table}"] = int(row[0]) if row else 0
+                    name = f"{schema}.{table}"
+                    stats[name] = known[name] if name in known else _count(conn, schema, table)
         return stats
 
     def prepare_dump(self, db: str) -> None:
@@ -864,13 +881,28 @@ class PostgresEngine:
                 may_stop_reading=True,
                 cancel=cancelled,
             )
-            if plan.indexes[index] and not cancelled.is_set():
-                # This worker's tables are loaded: build their indexes and keys now, while
-                # the other workers still load theirs.
+            if cancelled.is_set():
+                return
+            # This worker's tables are loaded: count their rows (for the restore's row check)
+            # while their indexes and keys build, and while the other workers still load.
+            counter = Background(lambda: self._count_loaded(db, tables_of(plan.data[index])))
+            if plan.indexes[index]:
                 feed(command(f"indexes{index}.list", plan.indexes[index], 1, archive), None,
                      RestoreFailed, stdout_tail=False)  # fmt: skip
+            counted = counter.result()
+            with self._counted_lock:
+                self._restored_counts.setdefault(db, {}).update(counted)
 
         open_blocks = options.open_blocks
+        by_id = {e.dump_id: e for e in toc.entries}
+
+        def tables_of(ids: Sequence[int]) -> list[tuple[str, str]]:
+            return [
+                (by_id[i].namespace, by_id[i].tag) for i in ids if by_id[i].desc == "TABLE DATA"
+            ]
+
+        with self._counted_lock:
+            self._restored_counts.pop(db, None)
 
         def worker(index: int) -> None:
             try:
@@ -1140,6 +1172,8 @@ class PostgresEngine:
     ) -> list[str]:
         """Apply a ``pg_dumpall --globals-only`` file in one transaction: never fails on roles
         that exist already; return the names of the roles applied; raise RestoreFailed."""
+        from vya_backupdb.engines import pg_globals  # ~15 ms to import: not for every backup
+
         with self._connect() as conn:
             roles = {r for (r,) in conn.execute("SELECT rolname FROM pg_roles").fetchall()}
             bootstrap = conn.execute("SELECT rolname FROM pg_roles WHERE oid = 10").fetchone()
@@ -1177,6 +1211,14 @@ class PostgresEngine:
                             "transaction). Exclude the offending role with --exclude-user.",
                         ) from None
         return plan.applied
+
+
+def _count(conn: psycopg.Connection[Any], schema: str, table: str) -> int:
+    query = sql.SQL("SELECT count(*) FROM {}.{}").format(
+        sql.Identifier(schema), sql.Identifier(table)
+    )
+    row = conn.execute(query).fetchone()
+    return int(row[0]) if row else 0
 
 
 class _Prefixed:
