@@ -6,13 +6,15 @@ missing optional dependency only matters to the instance that needs it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from vya_backupdb.catalog.catalog import Catalog
 from vya_backupdb.config.models import CompressionConfig, InstanceConfig, Settings
-from vya_backupdb.errors import CredentialError, NotFoundError, UsageError
+from vya_backupdb.engines.process import find_tool, prefetch_tool_version
+from vya_backupdb.errors import CredentialError, NotFoundError, ToolMissing, UsageError
 from vya_backupdb.pipeline.codecs import Codec, codec_for
 from vya_backupdb.storage.local import LocalStorage
 
@@ -35,6 +37,26 @@ def password_for(loaded: LoadedConfig, instance: InstanceConfig) -> str | None:
     if password:
         register_secret(password)
     return password
+
+
+#: The tool that dumps each server type, preferred first, as the engines look it up
+#: (engines/mysql.py DUMP_TOOLS; a test keeps them equal): known here so that its version can
+#: be looked up before the engine and its driver are imported.
+DUMP_TOOLS: dict[str, tuple[str, ...]] = {
+    "postgresql": ("pg_dump",),
+    "mariadb": ("mariadb-dump", "mysqldump"),
+    "mysql": ("mysqldump", "mariadb-dump"),
+}
+
+
+def prefetch_dump_tool(instance: InstanceConfig) -> None:
+    """Start ``--version`` of the tool that dumps ``instance`` on a daemon thread (the dump
+    records it, and would otherwise wait ~10-30 ms for it); never raises: a missing tool is
+    reported by the dump itself."""
+    names = DUMP_TOOLS.get(instance.type)
+    if names is not None:
+        with contextlib.suppress(ToolMissing):
+            prefetch_tool_version(find_tool(names, ""))
 
 
 def make_engine(loaded: LoadedConfig, instance: InstanceConfig) -> Engine:
@@ -111,6 +133,9 @@ def encryption_for(
 
     Raise CredentialError when a passphrase is configured but its variable is unset.
     """
+    config = _encryption_config(settings, instance)
+    if config is None or not config.encrypts:
+        return None  # before the imports: the age code (cryptography) is not needed then
     from vya_backupdb.pipeline.encryption import (
         EncryptionPlan,
         PassphraseRecipient,
@@ -119,9 +144,6 @@ def encryption_for(
     )
     from vya_backupdb.secrets.redaction import register_secret
 
-    config = _encryption_config(settings, instance)
-    if config is None or not config.encrypts:
-        return None
     recipients: list[Recipient] = [parse_recipient(r) for r in config.recipients]
     if not recipients and config.passphrase_env:
         passphrase = _env_secret(config.passphrase_env, "passphrase_env", environ)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from vya_backupdb.cli.context import get_app, handle_errors, render_error
 from vya_backupdb.cli.render import human_bytes, human_seconds, plain_json
@@ -106,6 +105,8 @@ def backup(
 
 
 def _render(console, run, dry_run: bool) -> None:  # type: ignore[no-untyped-def]
+    from rich.table import Table
+
     title = "Backup plan (dry run: nothing written)" if dry_run else f"Backup run {run.run_id}"
     table = Table(title=title)
     for column in ("instance", "database", "status", "size", "duration", "rate", "file"):

@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import typer
-from rich.console import Console
 
 from vya_backupdb.errors import VyaError
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from vya_backupdb.config.loader import LoadedConfig
     from vya_backupdb.config.models import Settings
 
@@ -37,10 +38,14 @@ class AppContext:
 
     @property
     def out(self) -> Console:
+        from rich.console import Console
+
         return Console(highlight=False, soft_wrap=True)
 
     @property
     def err(self) -> Console:
+        from rich.console import Console
+
         return Console(stderr=True, highlight=False, soft_wrap=True)
 
     def loaded(self) -> LoadedConfig:
@@ -84,6 +89,8 @@ def get_app(ctx: typer.Context) -> AppContext:
 
 def render_error(error: VyaError) -> None:
     """Print an error, its details and its hint to stderr (never a traceback)."""
+    from rich.console import Console
+
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     console.print(f"[bold red]error:[/] {error.message}", markup=True)
     if error.details:

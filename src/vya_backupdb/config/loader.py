@@ -34,7 +34,6 @@ from pathlib import Path
 from types import UnionType
 from typing import Any, Union, get_args, get_origin
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from vya_backupdb.config.models import InstanceConfig, Settings
@@ -116,13 +115,14 @@ def load_settings(
             hint="Create one with: vya-backupdb config init (then edit it), or pass --config PATH",
         )
     text = _read_text(located)
-    data, lines = parse_document(text, located)
+    data = _parse(text, located)
     data = apply_environment(data, env, located)
     data = apply_env_overrides(data, environ, located)
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
-        raise _validation_error(exc, located, lines, data, env) from None
+        # Line numbers only for the message: a second parse that a valid file need not pay.
+        raise _validation_error(exc, located, _line_map(text), data, env) from None
     settings = resolve_relative_paths(settings, located.parent)
     return LoadedConfig(settings=settings, path=located, env=env)
 
@@ -147,6 +147,11 @@ def parse_document(text: str, path: Path) -> tuple[dict[str, Any], dict[KeyPath,
 
     Raise ConfigError when the text is not valid YAML/JSON or not a mapping.
     """
+    return _parse(text, path), _line_map(text)
+
+
+def _parse(text: str, path: Path) -> dict[str, Any]:
+    """Return the parsed mapping; raise ConfigError like :func:`parse_document`."""
     is_json = path.suffix.lower() == ".json"
     data: Any
     if is_json:
@@ -158,6 +163,8 @@ def parse_document(text: str, path: Path) -> tuple[dict[str, Any], dict[KeyPath,
                 hint="Fix the syntax (a JSON linter such as 'python3 -m json.tool' shows it).",
             ) from None
     else:
+        import yaml  # only YAML files need it (~10 ms to import)
+
         try:
             data = yaml.safe_load(text)
         except yaml.MarkedYAMLError as exc:
@@ -177,12 +184,14 @@ def parse_document(text: str, path: Path) -> tuple[dict[str, Any], dict[KeyPath,
             f"{path}: the top level must be a mapping of settings, found {_describe(data)}",
             hint="Start from the example: vya-backupdb config init --output /tmp/example.yaml",
         )
-    return data, _line_map(text)
+    return data
 
 
 def _line_map(text: str) -> dict[KeyPath, int]:
     # JSON is (nearly) YAML, so composing the text with the YAML parser gives line numbers for
     # both formats; when it cannot, errors simply carry no line.
+    import yaml
+
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError:
@@ -284,6 +293,8 @@ def apply_env_overrides(
 
 def _override_value(raw: str) -> Any:
     if raw.strip().startswith(("[", "{")):
+        import yaml
+
         try:
             return yaml.safe_load(raw)
         except yaml.YAMLError:

@@ -6,7 +6,7 @@ Engines turn a database into a byte stream (``dump``) and a byte stream back int
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -100,8 +100,9 @@ class Engine(Protocol):
         """Return the server's product and version; raise ConnectionFailed."""
         ...
 
-    def list_databases(self) -> list[DatabaseInfo]:
-        """Return all databases with sizes (system databases included; jobs filter them)."""
+    def list_databases(self, names: Collection[str] | None = None) -> list[DatabaseInfo]:
+        """Return all databases with sizes (system databases included; jobs filter them), or
+        only those of ``names`` that exist (cheaper: sizing a database is not free)."""
         ...
 
     def database_exists(self, db: str) -> bool: ...

@@ -64,7 +64,6 @@ from vya_backupdb.engines.process import (
     feed,
     find_tool,
     mask,
-    prefetch_tool_version,
     run,
 )
 from vya_backupdb.errors import (
@@ -72,7 +71,6 @@ from vya_backupdb.errors import (
     ConnectionFailed,
     NotFoundError,
     RestoreFailed,
-    ToolMissing,
     VyaError,
 )
 
@@ -445,6 +443,11 @@ def _cached_tool_version(path: str) -> str:
     return cached_tool_version(path)
 
 
+def _server_info(version: str, version_num: int) -> ServerInfo:
+    """Return the ServerInfo of ``server_version`` (e.g. ``15.20 (Debian …)``) and its number."""
+    return ServerInfo("PostgreSQL", version.split(" ")[0], int(version_num))
+
+
 def _version_num(version_line: str) -> int | None:
     match = re.search(r"(\d+)\.(\d+)", version_line)
     if match is None:
@@ -464,7 +467,8 @@ class PostgresEngine:
     def __init__(self, instance: InstanceConfig, password: str | None):
         self.instance = instance
         self._password = password
-        self._version_num: int | None = None
+        #: The server's version, known from the first connection (see :meth:`server_info`).
+        self._server: ServerInfo | None = None
         #: Row counts taken during a parallel restore, per database (restored_table_stats).
         self._restored_counts: dict[str, dict[str, int]] = {}
         self._counted_lock = threading.Lock()
@@ -526,6 +530,11 @@ class PostgresEngine:
                     "--dry-run",
                 ) from None
             raise self._connection_failed(text) from None
+        if self._server is None:
+            # Announced by the server when a session starts: no query, no extra connection.
+            announced = conn.info.parameter_status("server_version")
+            if announced and conn.info.server_version:
+                self._server = _server_info(announced, conn.info.server_version)
         with conn:
             yield conn
 
@@ -541,19 +550,18 @@ class PostgresEngine:
     # ---- information
 
     def server_info(self) -> ServerInfo:
-        """Return the server version; raise ConnectionFailed when it cannot be reached."""
-        rows = self._query("SELECT current_setting('server_version'), "
-                           "current_setting('server_version_num')::int")  # fmt: skip
-        version, num = rows[0]
-        self._version_num = int(num)
-        return ServerInfo("PostgreSQL", str(version).split(" ")[0], int(num))
+        """Return the server version (known once any connection was made); raise
+        ConnectionFailed when it cannot be reached."""
+        if self._server is None:
+            rows = self._query("SELECT current_setting('server_version'), "
+                               "current_setting('server_version_num')::int")  # fmt: skip
+            version, num = rows[0]
+            self._server = _server_info(str(version), int(num))
+        return self._server
 
     @property
     def version_num(self) -> int:
-        if self._version_num is None:
-            self.server_info()
-        assert self._version_num is not None
-        return self._version_num
+        return self.server_info().version_num
 
     def list_databases(self, names: Collection[str] | None = None) -> list[DatabaseInfo]:
         """Return every database (or those of ``names`` that exist) with its size (None when
@@ -676,13 +684,6 @@ class PostgresEngine:
                     name = f"{schema}.{table}"
                     stats[name] = known[name] if name in known else _count(conn, schema, table)
         return stats
-
-    def prepare_dump(self, db: str) -> None:
-        """Start on a daemon thread what :meth:`dump` would wait for first (``pg_dump
-        --version``), so that a dump started next finds it done; never raises (a missing
-        pg_dump is reported by the dump itself)."""
-        with contextlib.suppress(ToolMissing):
-            prefetch_tool_version(self._tool("pg_dump"))
 
     # ---- dump
 

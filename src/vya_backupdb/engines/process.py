@@ -330,7 +330,11 @@ class ToolReader:
         For a consumer that must read the whole stream (a client executing a script): its
         exit status alone cannot tell a complete input from one cut short by the producer.
         ``broken_pipe_ok``: death by SIGPIPE (the consumer stopped first) is not an error.
+        None too when the output was never handed off (the tool may be waiting for a reader;
+        leaving the block checks it as for any reader).
         """
+        if not self._handed_off:
+            return None
         returncode = self._proc.wait()
         self._stderr.join(timeout=10)
         if returncode == 0 or (broken_pipe_ok and returncode == -signal.SIGPIPE):

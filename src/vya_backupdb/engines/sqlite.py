@@ -11,7 +11,7 @@ import contextlib
 import os
 import sqlite3
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +72,9 @@ class SqliteEngine:
         major, minor, patch = sqlite3.sqlite_version_info
         return ServerInfo("SQLite", sqlite3.sqlite_version, major * 10000 + minor * 100 + patch)
 
-    def list_databases(self) -> list[DatabaseInfo]:
-        return [DatabaseInfo(n, p.stat().st_size) for n, p in sorted(self._files().items())]
+    def list_databases(self, names: Collection[str] | None = None) -> list[DatabaseInfo]:
+        files = sorted(self._files().items())
+        return [DatabaseInfo(n, p.stat().st_size) for n, p in files if names is None or n in names]
 
     def database_exists(self, db: str) -> bool:
         return db in self._files()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from vya_backupdb import __version__
+from vya_backupdb.background import Background
 from vya_backupdb.catalog import layout
 from vya_backupdb.catalog.records import BackupInfo, BackupRecord, FileInfo
 from vya_backupdb.config.models import SYSTEM_DATABASES, InstanceConfig
@@ -37,6 +37,7 @@ from vya_backupdb.wiring import (
     make_catalog,
     make_engine,
     make_storage,
+    prefetch_dump_tool,
 )
 
 if TYPE_CHECKING:
@@ -179,11 +180,13 @@ def select_instance_databases(
 ) -> list[tuple[str, int | None]]:
     """Return (name, estimated size) of the databases to back up; raise NotFoundError when a
     requested database does not exist on the server."""
-    available = {d.name: d.size_bytes for d in engine.list_databases()}
+    # Named databases: only they are looked up and sized (the whole list only for the hint).
+    available = {d.name: d.size_bytes for d in engine.list_databases(requested or None)}
     if requested:
         missing = [db for db in requested if db not in available]
         if missing:
-            shown = sorted(n for n in available if n not in SYSTEM_DATABASES)
+            every = [d.name for d in engine.list_databases()]
+            shown = sorted(n for n in every if n not in SYSTEM_DATABASES)
             raise NotFoundError(
                 f"database {missing[0]!r} does not exist on instance {instance.id!r}",
                 hint=f"Databases there: {', '.join(shown) or '(none)'}",
@@ -221,7 +224,8 @@ class BackupJob:
             results = self._run_tasks(instances, request, max(1, workers))
             self._verify_results(results, request)
             run.results.extend(results)
-            if not request.dry_run:
+            storage = self.settings.storage
+            if not request.dry_run and storage.auto_upload and storage.remotes:
                 from vya_backupdb.jobs.remote import auto_upload
 
                 auto_upload(self.loaded, self.storage, run, progress=self.upload_progress)
@@ -324,9 +328,13 @@ class BackupJob:
 
             return [lambda: backup_files_instance(self, instance, request)]
         try:
+            if not request.dry_run:
+                prefetch_dump_tool(instance)  # its --version runs while the engine is imported
             engine = make_engine(self.loaded, instance)
-            server = engine.server_info()
+            # Listing first: PostgreSQL's engine then knows the server's version from that
+            # connection, without one more.
             databases = select_instance_databases(engine, instance, request.databases)
+            server = engine.server_info()
         except Exception as exc:
             if not isinstance(exc, VyaError):
                 exc = unexpected(exc)
@@ -397,16 +405,17 @@ class BackupJob:
         log.info(
             "backing up %s/%s", instance.id, database, extra={**context, "operation": "backup"}
         )
-        # Exact row counts run on their own connection while the dump streams (they used to
-        # delay its start by a COUNT(*) per table).
-        counting = _Background(lambda: engine.table_stats(database))
+        # The exact row counts and the database's properties are read on their own connections
+        # while the dump starts and streams (they used to delay its start).
+        counting = Background(lambda: engine.table_stats(database), "row-counts")
+        describing = Background(lambda: engine.database_properties(database), "db-properties")
         try:
-            properties = engine.database_properties(database)
-            codec, level, threads, encryption, suffix = self.pipeline_for(instance)
             captured: dict[str, DumpStream] = {}
 
             def names_for(stream: DumpStream) -> layout.BackupNames:
                 captured["stream"] = stream
+                # Properties that cannot be read stop the dump before any byte is stored.
+                describing.result()
                 set_timeout = getattr(stream.reader, "set_timeout", None)
                 if instance.timeout_seconds and set_timeout is not None:
                     set_timeout(instance.timeout_seconds)
@@ -424,17 +433,23 @@ class BackupJob:
                     started,
                 )
 
-            names, stored = write_backup_object(
-                self.storage,
-                names_for,
-                lambda: engine.dump(database),
-                codec,
-                level,
-                threads,
-                progress=self._progress(instance.id, database, estimate),
-                encryption=encryption,
-            )
             try:
+                codec, level, threads, encryption, suffix = self.pipeline_for(instance)
+                names, stored = write_backup_object(
+                    self.storage,
+                    names_for,
+                    lambda: engine.dump(database),
+                    codec,
+                    level,
+                    threads,
+                    progress=self._progress(instance.id, database, estimate),
+                    encryption=encryption,
+                )
+            except Exception:
+                describing.result()  # its error first: the properties used to be read first
+                raise
+            try:
+                properties = describing.result()
                 stats = counting.result()
             except BaseException:
                 remove_backup(self.storage, names.stem, names.data)
@@ -654,26 +669,3 @@ class BackupJob:
         self, instance: str, database: str, estimate: int | None
     ) -> Callable[[int], None] | None:
         return self.progress(instance, database, estimate) if self.progress else None
-
-
-class _Background:
-    """Run ``work`` on a daemon thread; ``result()`` waits and returns or raises its outcome."""
-
-    def __init__(self, work: Callable[[], dict[str, int]]):
-        self._result: dict[str, int] | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(work,), daemon=True)
-        self._thread.start()
-
-    def _run(self, work: Callable[[], dict[str, int]]) -> None:
-        try:
-            self._result = work()
-        except BaseException as exc:  # re-raised by result() on the caller's thread
-            self._error = exc
-
-    def result(self) -> dict[str, int]:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        assert self._result is not None
-        return self._result

@@ -16,12 +16,14 @@ import stat
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-from cryptography.fernet import Fernet, InvalidToken
+from typing import TYPE_CHECKING, Any
 
 from vya_backupdb.config.models import Settings
 from vya_backupdb.errors import CredentialError
+
+if TYPE_CHECKING:
+    # Imported where a key is used: a backup without a stored credential never loads it.
+    from cryptography.fernet import Fernet
 
 ENV_MASTER_KEY = "VYA_BACKUPDB_MASTER_KEY"
 DEFAULT_MASTER_KEY_FILE = Path("~/.local/share/vya-backupdb/master.key")
@@ -45,6 +47,8 @@ def secrets_directory(settings: Settings, config_dir: Path | None) -> Path:
 
 
 def _validated_key(raw: bytes, origin: str) -> Fernet:
+    from cryptography.fernet import Fernet
+
     try:
         return Fernet(raw.strip())
     except (ValueError, TypeError):
@@ -69,6 +73,8 @@ def load_master_key(
     if not path.exists():
         if not create:
             return None
+        from cryptography.fernet import Fernet
+
         return Fernet(_create_key_file(path))
     try:
         raw = path.read_bytes()
@@ -81,6 +87,8 @@ def load_master_key(
 
 
 def _create_key_file(path: Path) -> bytes:
+    from cryptography.fernet import Fernet
+
     key = Fernet.generate_key()
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -106,6 +114,8 @@ def encrypt_value(key: Fernet, plaintext: str) -> str:
 
 def decrypt_value(key: Fernet, value: str, what: str) -> str:
     """Return the plaintext of an ``enc:`` value; raise CredentialError when it can't be read."""
+    from cryptography.fernet import InvalidToken
+
     token = value.removeprefix(ENC_PREFIX).strip()
     try:
         return key.decrypt(token.encode("ascii")).decode("utf-8")
@@ -179,6 +189,8 @@ class CredentialStore:
         return data
 
     def _check_key(self, data: Mapping[str, Any]) -> Fernet:
+        from cryptography.fernet import InvalidToken
+
         key = self._require_key()
         check = data.get("check")
         if isinstance(check, str):
