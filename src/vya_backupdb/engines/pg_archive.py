@@ -7,8 +7,10 @@ lets the restore run in three phases with no spool at all (engines/postgresql.py
 
 1. the schema (pre-data entries) from a small file holding only the header and TOC;
 2. the data: N ``pg_restore --use-list`` processes, each fed its own decompressed stream of
-   the stored backup and restoring its share of the ``TABLE DATA`` entries (pg_restore skips
-   the other blocks while reading a pipe; decompression costs far less than disk writes);
+   the stored backup and restoring its share of the ``TABLE DATA`` entries — for a backup
+   stored in per-table frames (:class:`BlockScanner`, pipeline/frames.py) only the archive
+   head and its own tables' frames; otherwise the whole stream, pg_restore skipping the other
+   blocks while reading the pipe;
 3. indexes, constraints, triggers and ACLs (post-data and unsectioned entries) with
    ``pg_restore --jobs N`` from the TOC file.
 
@@ -260,7 +262,7 @@ _BLK_DATA, _BLK_BLOBS = 1, 3
 
 class BlockScanner:
     """Find where each data block of a custom-format archive starts, as the archive streams
-    past (backup side; see :class:`vya_backupdb.pipeline.frames.FramedPump`).
+    past (backup side; see :func:`vya_backupdb.pipeline.frames.pump_framed`).
 
     Why: a backup compressed in independent frames cut at these offsets lets each parallel
     restore worker decompress only its own tables' blocks (``jobs/store.py``
