@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -319,7 +320,7 @@ class BlockScanner:
         if len(self._buffer) < self._next_parse and data:
             return []
         try:
-            toc = read_toc(_BytesSource(bytes(self._buffer)))
+            toc = read_toc(io.BytesIO(self._buffer))
         except UnsupportedArchive as exc:
             if "ends inside" in str(exc) and len(self._buffer) <= MAX_TOC_BYTES and data:
                 self._next_parse = 2 * len(self._buffer)
@@ -387,15 +388,3 @@ class BlockScanner:
             position = start
             self._arm()
         return position
-
-
-class _BytesSource:
-    def __init__(self, data: bytes):
-        self._data = data
-        self._pos = 0
-
-    def read(self, size: int = -1, /) -> bytes:
-        end = len(self._data) if size < 0 else self._pos + size
-        out = self._data[self._pos : end]
-        self._pos += len(out)
-        return out

@@ -205,17 +205,18 @@ class ToolReader:
         error_cls: type[VyaError] = BackupFailed,
         *,
         direct: bool = False,
-        stdin: Readable | None = None,
-        stdin_file: IO[bytes] | None = None,
+        stdin: Readable | IO[bytes] | None = None,
     ):
         self.command = command
         #: feed() may connect this tool's stdout straight to the next tool's stdin.
         self.direct = direct
         self._error_cls = error_cls
-        # ``stdin_file``: an open file the tool reads itself (no byte through us); its offset,
-        # shared with the tool, tells how far the tool has read.
-        child_stdin = subprocess.PIPE if stdin is not None else stdin_file or subprocess.DEVNULL
-        self._proc = _spawn(command, child_stdin, subprocess.PIPE)
+        # ``stdin``: an open file (it has a descriptor) is read by the tool itself, no byte
+        # through us — its offset, shared with the tool, tells how far the tool has read; any
+        # other stream is written to the tool's stdin by a thread of ours.
+        fed = stdin is not None and not hasattr(stdin, "fileno")
+        child_stdin = subprocess.PIPE if fed else stdin or subprocess.DEVNULL
+        self._proc = _spawn(command, child_stdin, subprocess.PIPE)  # type: ignore[arg-type]
         assert self._proc.stdout is not None
         assert self._proc.stderr is not None
         self._stdout = self._proc.stdout
@@ -223,9 +224,9 @@ class ToolReader:
         self._stderr.start()
         self._feeder: threading.Thread | None = None
         self._feed_error: OSError | None = None
-        if stdin is not None:
-            # The tool's input (e.g. compressed frames for a decompressor), written by a
-            # thread of ours; it ends when the tool stops reading (killed, or done early).
+        if fed:
+            # E.g. compressed frames for a decompressor; it ends when the tool stops reading
+            # (killed, or done early).
             self._feeder = threading.Thread(
                 target=self._feed_stdin, args=(stdin,), name="tool-stdin", daemon=True
             )

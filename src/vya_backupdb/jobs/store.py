@@ -319,7 +319,7 @@ def open_backup_stream_direct(
     with (
         open(path, "rb", buffering=0) as handle,
         _OffsetProgress(handle, progress) as offset,
-        ToolReader(command, IntegrityError, direct=True, stdin_file=handle) as reader,
+        ToolReader(command, IntegrityError, direct=True, stdin=handle) as reader,
     ):
         if not whole:
             yield reader
