@@ -688,10 +688,14 @@ class LoadedTableCounter:
         #: Exact row counts of the tables known complete, by table name.
         self.counts: dict[str, int] = {}
         self._stop = threading.Event()
+        self._ready = threading.Event()  # set once the objects there before the load are known
         self._thread = threading.Thread(target=self._run, name="mysql-row-count", daemon=True)
 
     def start(self) -> LoadedTableCounter:
+        """Start watching; return once the objects already there are known (so every object
+        created after this call is one of the load's), or after 10 s at the most."""
         self._thread.start()
+        self._ready.wait(10)
         return self
 
     def stop(self) -> dict[str, int]:
@@ -722,10 +726,14 @@ class LoadedTableCounter:
             conn = self._connect()
         except VyaError as exc:
             log.debug("row counts during the restore of %s: %s", self._db, exc.message)
+            self._ready.set()
             return
         try:
             with conn.cursor() as cur:
-                seen = set(self._objects(cur))  # there before the load: never counted here
+                try:
+                    seen = set(self._objects(cur))  # there before the load: never counted here
+                finally:
+                    self._ready.set()
                 waiting: list[str] = []  # created during the load, not yet known complete
                 while not self._stop.wait(self._interval):
                     current = self._objects(cur)
