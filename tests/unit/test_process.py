@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import io
+import os
+import signal
+import stat
 import time
 from pathlib import Path
 
 import pytest
 
-from vya_backupdb.engines.process import Command, ToolReader, feed, find_tool, run
+from vya_backupdb.engines.process import (
+    Command,
+    ToolReader,
+    _consumer_went_away,
+    feed,
+    find_tool,
+    run,
+)
 from vya_backupdb.errors import BackupFailed, RestoreFailed, ToolMissing
 
 pytestmark = pytest.mark.unit
@@ -56,6 +66,46 @@ def test_tool_reader_early_exit_by_exception_kills_child() -> None:
         reader.read(10)
         raise RuntimeError("consumer failed")
     assert reader._proc.poll() is not None
+
+
+def test_tool_output_is_a_socket_pair_read_to_the_end() -> None:
+    with ToolReader(_sh("head -c 3000000 /dev/zero")) as reader:
+        assert stat.S_ISSOCK(os.fstat(reader._stdout.fileno()).st_mode)
+        total = 0
+        while chunk := reader.read(1 << 20):
+            total += len(chunk)
+    assert total == 3_000_000
+
+
+def test_handed_off_producer_whose_consumer_stopped_early_is_not_at_fault() -> None:
+    # The consumer exits with bytes unread in the socket: the producer's next write fails
+    # with ECONNRESET (a pipe would kill it with SIGPIPE) — the consumer's doing, not its own.
+    with ToolReader(_sh("head -c 50000000 /dev/zero"), direct=True) as producer:
+        tail = feed(_sh("head -c 5 | wc -c"), producer, RestoreFailed, may_stop_reading=True)
+        assert tail.strip() == "5"
+        assert producer.exit_error(broken_pipe_ok=True) is None
+        assert producer._proc.returncode != 0  # it did fail to write
+    with ToolReader(_sh("echo data; echo 'corrupt block' >&2; exit 2"), direct=True) as producer:
+        feed(_sh("cat >/dev/null"), producer, RestoreFailed)
+        error = producer.exit_error(broken_pipe_ok=True)
+        assert error is not None and "corrupt block" in error.message
+
+
+@pytest.mark.parametrize(
+    ("returncode", "stderr", "expected"),
+    [
+        (-signal.SIGPIPE, "", True),
+        (70, "zstd: error 70 : Write error : cannot write block : Connection reset by peer", True),
+        (1, "head: error writing 'standard output': Broken pipe", True),
+        (1, "zstd: /*stdin*\\ : Data corruption detected", False),
+        (-signal.SIGKILL, "", False),
+        (0, "", False),
+    ],
+)
+def test_consumer_went_away_tells_write_errors_from_failures(
+    returncode: int, stderr: str, expected: bool
+) -> None:
+    assert _consumer_went_away(returncode, stderr) is expected
 
 
 def test_command_display_masks_secrets() -> None:

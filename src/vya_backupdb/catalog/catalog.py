@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -12,8 +13,10 @@ from pydantic import ValidationError
 
 from vya_backupdb.catalog import layout
 from vya_backupdb.catalog.records import BackupRecord
-from vya_backupdb.errors import IntegrityError, NotFoundError
+from vya_backupdb.errors import IntegrityError, NotFoundError, VyaError
 from vya_backupdb.storage.base import Storage
+
+log = logging.getLogger(__name__)
 
 
 def read_text(storage: Storage, name: str, limit: int = 16 * 1024 * 1024) -> str:
@@ -185,4 +188,32 @@ def relative_name(storage_root: Path, path: Path) -> str | None:
     try:
         return path.resolve().relative_to(storage_root.resolve()).as_posix()
     except ValueError:
+        return None
+
+
+def record_operation(
+    catalog: Catalog,
+    operation: str,
+    results: list[dict[str, Any]],
+    *,
+    started_at: datetime,
+    finished_at: datetime,
+    run_id: str,
+) -> str | None:
+    """Write a run log for a non-backup operation (``restore``), so the metrics see it.
+
+    ``results`` items carry instance, database, status (success|failed), duration_seconds and
+    error_type. Return the run log name, or None when it could not be written (logged).
+    """
+    payload = {
+        "run_id": run_id,
+        "operation": operation,
+        "started_at": started_at.isoformat(),
+        "finished_at": finished_at.isoformat(),
+        "results": results,
+    }
+    try:
+        return catalog.write_run(started_at, run_id, payload)
+    except VyaError as exc:
+        log.warning("could not write the %s run log: %s", operation, exc.message)
         return None

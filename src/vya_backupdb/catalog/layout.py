@@ -13,6 +13,7 @@ Names are relative to ``storage.base_path``. Timestamps are UTC.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -105,6 +106,11 @@ def instance_prefix(hostname: str, instance: str) -> str:
 
 def database_prefix(hostname: str, instance: str, database: str) -> str:
     return f"{instance_prefix(hostname, instance)}{safe_component(database)}/"
+
+
+def new_run_id(moment: datetime) -> str:
+    """Return a new run id: the UTC start time plus a random suffix."""
+    return f"{moment:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
 
 
 def run_log_name(hostname: str, moment: datetime, run_id: str) -> str:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import glob
 import os
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -179,6 +181,31 @@ def _spawn(command: Command, stdin: int | IO[bytes] | None, stdout: int | IO[byt
         raise ToolMissing(f"cannot run {command.argv[0]}: {exc.strerror}") from None
 
 
+def _channel() -> tuple[int, int]:
+    """Return the descriptors (ours, the child's) of a stream from a child's stdout.
+
+    A Unix socket pair, not a pipe: the readers of these streams (pg_restore, the mariadb
+    client) read their stdin 4 KiB at a time, and a writer blocked on a full 64 KiB pipe is
+    woken after every one of those reads; a socket wakes it once half its buffer is free.
+    Measured on a 1 GiB dump: a sixth of the context switches and ~0.5 s less CPU
+    (docs/performance.md). The difference a consumer sees: when it exits with bytes unread,
+    the writer gets ECONNRESET instead of SIGPIPE (see :func:`_consumer_went_away`).
+    """
+    ours, theirs = socket.socketpair()
+    return ours.detach(), theirs.detach()
+
+
+def _consumer_went_away(returncode: int, stderr_tail: str) -> bool:
+    """Whether a producer failed only because its reader stopped reading: killed by SIGPIPE
+    (a pipe), or a write error EPIPE/ECONNRESET (a socket; LC_ALL=C.UTF-8 keeps the
+    messages in English)."""
+    if returncode == -signal.SIGPIPE:
+        return True
+    return returncode > 0 and any(
+        os.strerror(code) in stderr_tail for code in (errno.EPIPE, errno.ECONNRESET)
+    )
+
+
 def _failure(
     error_cls: type[VyaError], command: Command, returncode: int, stderr_tail: str
 ) -> VyaError:
@@ -216,10 +243,16 @@ class ToolReader:
         # other stream is written to the tool's stdin by a thread of ours.
         fed = stdin is not None and not hasattr(stdin, "fileno")
         child_stdin = subprocess.PIPE if fed else stdin or subprocess.DEVNULL
-        self._proc = _spawn(command, child_stdin, subprocess.PIPE)  # type: ignore[arg-type]
-        assert self._proc.stdout is not None
+        ours, theirs = _channel()
+        try:
+            self._proc = _spawn(command, child_stdin, theirs)  # type: ignore[arg-type]
+        except BaseException:
+            os.close(ours)
+            raise
+        finally:
+            os.close(theirs)
         assert self._proc.stderr is not None
-        self._stdout = self._proc.stdout
+        self._stdout = open(ours, "rb")  # noqa: SIM115 - closed by finish/abort
         self._stderr = _StderrCollector(self._proc.stderr, command.secrets)
         self._stderr.start()
         self._feeder: threading.Thread | None = None
@@ -330,7 +363,8 @@ class ToolReader:
 
         For a consumer that must read the whole stream (a client executing a script): its
         exit status alone cannot tell a complete input from one cut short by the producer.
-        ``broken_pipe_ok``: death by SIGPIPE (the consumer stopped first) is not an error.
+        ``broken_pipe_ok``: failing because the consumer stopped reading first (SIGPIPE,
+        EPIPE, ECONNRESET) is not an error.
         None too when the output was never handed off (the tool may be waiting for a reader;
         leaving the block checks it as for any reader).
         """
@@ -338,7 +372,9 @@ class ToolReader:
             return None
         returncode = self._proc.wait()
         self._stderr.join(timeout=10)
-        if returncode == 0 or (broken_pipe_ok and returncode == -signal.SIGPIPE):
+        if returncode == 0 or (
+            broken_pipe_ok and _consumer_went_away(returncode, self._stderr.tail())
+        ):
             return None
         return _failure(self._error_cls, self.command, returncode, self._stderr.tail())
 

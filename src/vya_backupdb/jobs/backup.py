@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -158,10 +157,6 @@ def unexpected(exc: Exception) -> BackupFailed:
     )
 
 
-def new_run_id(moment: datetime) -> str:
-    return f"{moment:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
-
-
 def resolve_instances(loaded: LoadedConfig, names: tuple[str, ...]) -> list[InstanceConfig]:
     """Return the named instances (all when none named); raise NotFoundError."""
     settings = loaded.settings
@@ -217,7 +212,7 @@ class BackupJob:
         self.clock = clock
 
     def run(self, request: BackupRequest) -> RunResult:
-        run = RunResult(run_id=new_run_id(self.clock()), started_at=self.clock())
+        run = RunResult(run_id=layout.new_run_id(self.clock()), started_at=self.clock())
         try:
             instances = resolve_instances(self.loaded, request.instances)
             workers = request.jobs or self.settings.parallel.max_workers

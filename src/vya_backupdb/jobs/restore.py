@@ -21,7 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from vya_backupdb.catalog.catalog import relative_name
+from vya_backupdb.catalog.catalog import record_operation, relative_name
+from vya_backupdb.catalog.layout import new_run_id
 from vya_backupdb.catalog.records import BackupRecord
 from vya_backupdb.config.models import InstanceConfig
 from vya_backupdb.engines.base import Engine, RestoreOptions
@@ -165,9 +166,6 @@ class RestoreJob:
     def run(self, request: RestoreRequest, confirm: Confirm) -> RestoreResult:
         """Restore as requested; every attempt (success or failure) lands in the run log, so
         metrics and audits see restores too."""
-        from vya_backupdb.jobs.backup import new_run_id
-        from vya_backupdb.observability.metrics import record_operation
-
         started_at = self.clock()
         t0 = time.monotonic()
         entry: dict[str, Any] = {

@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vya_backupdb.catalog.layout import safe_component
+from vya_backupdb.catalog.layout import new_run_id, safe_component
 from vya_backupdb.errors import LockBusy, NotFoundError, UsageError
 from vya_backupdb.jobs.backup import (
     BackupJob,
@@ -35,7 +35,6 @@ from vya_backupdb.jobs.backup import (
     DatabaseResult,
     ProgressFactory,
     RunResult,
-    new_run_id,
 )
 from vya_backupdb.jobs.locks import LOCK_DIR, instance_locks
 from vya_backupdb.policies.schedule import WindowDecision, next_due, window_decision

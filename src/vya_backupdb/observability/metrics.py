@@ -377,34 +377,6 @@ def export_after_run(settings: Settings, catalog: Catalog, run: RunResult | None
     return problems
 
 
-def record_operation(
-    catalog: Catalog,
-    operation: str,
-    results: list[dict[str, Any]],
-    *,
-    started_at: datetime,
-    finished_at: datetime,
-    run_id: str,
-) -> str | None:
-    """Write a run log for a non-backup operation (``restore``), so the metrics see it.
-
-    ``results`` items carry instance, database, status (success|failed), duration_seconds and
-    error_type. Return the run log name, or None when it could not be written (logged).
-    """
-    payload = {
-        "run_id": run_id,
-        "operation": operation,
-        "started_at": started_at.isoformat(),
-        "finished_at": finished_at.isoformat(),
-        "results": results,
-    }
-    try:
-        return catalog.write_run(started_at, run_id, payload)
-    except VyaError as exc:
-        log.warning("could not write the %s run log: %s", operation, exc.message)
-        return None
-
-
 def serve(
     catalog: Catalog,
     port: int,
