@@ -96,7 +96,7 @@ def test_direct_stream_whole_consumer_failure_of_its_own_is_kept(
     stored: tuple[LocalStorage, BackupRecord, Path],
 ) -> None:
     storage, record, _ = stored
-    # The consumer stops at once: the decompressor dies of SIGPIPE, which is not its fault.
+    # The consumer stops at once: the decompressor fails to write, which is not its fault.
     with (
         pytest.raises(RestoreFailed, match="exited with status 3"),
         open_backup_stream_direct(storage, record, whole=True) as stream,

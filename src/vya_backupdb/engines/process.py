@@ -315,7 +315,7 @@ class ToolReader:
         """Give the tool's stdout to another process (feed), which reads it directly.
 
         From then on the consumer's exit status is what counts: it may stop reading early
-        (the tool then dies of SIGPIPE), so :meth:`finish` only reaps the tool. Use it for
+        (the tool then fails its next write), so :meth:`finish` only reaps the tool. Use it for
         data already verified (e.g. a decompressor over a checksummed file).
         """
         self._eof = True
@@ -423,7 +423,7 @@ def feed(
     the command's stdin as is: the bytes go from one process to the other, not through us.
     Raise ``error_cls`` with the stderr tail when the tool fails, or when it stops reading
     early — unless ``may_stop_reading`` (a tool that reads only what it needs, such as
-    ``pg_restore --use-list`` on a pipe) and it then exits 0. Setting ``cancel`` stops it.
+    ``pg_restore --use-list`` on a stream) and it then exits 0. Setting ``cancel`` stops it.
     """
     direct = isinstance(source, ToolReader) and source.direct
     stdin: int | IO[bytes] | None = subprocess.DEVNULL
