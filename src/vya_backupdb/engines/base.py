@@ -50,6 +50,9 @@ class DumpStream:
     #: Finds where the dump's units (e.g. tables' data blocks) start while it streams, so the
     #: stored object can be cut into independent frames (pipeline/frames.py); None: no units.
     scanner: Scanner | None = None
+    #: Exact rows per table as counted in the stream itself, set by the engine once the
+    #: stream was read to its end; None: the caller counts with ``Engine.table_stats``.
+    row_counts: dict[str, int] | None = None
 
     def read(self, size: int = -1, /) -> bytes:
         return self.reader.read(size)
@@ -76,6 +79,11 @@ class RestoreOptions:
     #: (plus those sharing their frames), for a backup stored in indexed frames; None when
     #: the backup has no index or cannot be read by range (workers use ``reopen`` then).
     open_blocks: Callable[[set[int]], AbstractContextManager[Readable]] | None = None
+    #: The frames ``open_blocks`` reads: (stored offset, raw offset, unit ids) each; empty
+    #: when ``open_blocks`` is None.
+    frames: tuple[tuple[int, int, tuple[int, ...]], ...] = ()
+    #: What the backup's record says of the script's sections (engines/mysql_stream.py).
+    sections: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,12 @@ from vya_backupdb.engines.base import (
     UserInfo,
     UserSelection,
 )
+from vya_backupdb.engines.mysql_stream import (
+    SectionPlan,
+    SqlDumpScanner,
+    plan_sections,
+    sections_record,
+)
 from vya_backupdb.engines.process import (
     Command,
     Readable,
@@ -435,6 +441,19 @@ class ChainReader:
                 return data
             self._readers.pop(0)
         return b""
+
+
+class ScanningReader:
+    """A Readable that shows every chunk it passes on to a :class:`SqlDumpScanner`."""
+
+    def __init__(self, reader: Readable, scanner: SqlDumpScanner):
+        self._reader = reader
+        self.scanner = scanner
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = self._reader.read(size)
+        self.scanner.scan(data)
+        return data
 
 
 class BinlogScanner:
@@ -995,18 +1014,24 @@ class MysqlEngine:
                 password=self._password,
                 events=events_sql is None,
             )
+            # Sections (frames for a parallel restore) and row counts, found as it streams.
+            sections = SqlDumpScanner()
             try:
                 with ToolReader(command, BackupFailed) as reader:
                     scanner = BinlogScanner(reader)
-                    yield DumpStream(
-                        reader=ChainReader(scanner, io.BytesIO(events_sql or b"")),
+                    stream = DumpStream(
+                        reader=ScanningReader(
+                            ChainReader(scanner, io.BytesIO(events_sql or b"")), sections
+                        ),
                         extension="sql",
                         tool=Path(tools.dump).name,
                         tool_version=version,
                         command=command.display(),
                         format="sql",
                         info=info,
+                        scanner=sections,
                     )
+                    yield stream
             except BackupFailed as exc:
                 exc.hint = exc.hint or (
                     f"Check that database {db!r} exists and that user {self._user!r} has SELECT, "
@@ -1017,6 +1042,35 @@ class MysqlEngine:
                 raise
         if binlog:
             info["binlog"] = scanner.coordinates()
+        if sections.tail_unit is not None:
+            info["sql_sections"] = sections_record(sections)
+        if self.counts_rows_in_dump():
+            stream.row_counts = self._dump_row_counts(db, sections)
+
+    def counts_rows_in_dump(self) -> bool:
+        """Whether a backup's exact row counts come from the dump stream itself (MariaDB's
+        dump tool in ``sql`` format with the product's options; engines/mysql_stream.py)
+        rather than from ``COUNT(*)`` on a second connection beside the dump."""
+        return (
+            self._instance.mysql_format == "sql"
+            and self._instance.parallel_dump_above_bytes is None
+            and not self._instance.dump_options
+            and "MariaDB" in cached_tool_version(self._tools().dump)
+        )
+
+    def _dump_row_counts(self, db: str, sections: SqlDumpScanner) -> dict[str, int]:
+        """Return the exact row count of every base table: as counted in the dump, or with
+        ``COUNT(*)`` for the tables whose rows the stream did not show in the expected shape."""
+        counted = sections.counts if sections.counts_valid else {}
+        counts: dict[str, int] = {}
+        tables = self._tables(db, list(_COUNTED_TYPES))
+        missing = [t for t in tables if t not in counted]
+        if missing:
+            log.debug("rows of %d table(s) of %s counted with COUNT(*)", len(missing), db)
+        with self._cursor(BackupFailed, f"counting the rows of {db!r}") as cur:
+            for table in tables:
+                counts[table] = counted[table] if table in counted else _count_rows(cur, db, table)
+        return counts
 
     def _events_sql(self, db: str) -> bytes:
         events: list[EventDefinition] = []
@@ -1217,6 +1271,82 @@ class MysqlEngine:
                 counter.abandon()
                 raise
             self._restored_counts[db] = counter.stop()
+
+    def section_plan(self, options: RestoreOptions) -> SectionPlan | None:
+        """Return how to restore a ``sql`` backup with ``options.jobs`` clients at once — when
+        it is stored in per-section frames that can be read by range — or None (one client)."""
+        if options.format != "sql" or options.jobs < 2 or options.open_blocks is None:
+            return None
+        return plan_sections(list(options.frames), options.sections, options.jobs)
+
+    def restore_sections(self, db: str, plan: SectionPlan, options: RestoreOptions) -> None:
+        """Restore a sectioned script with one client per worker of ``plan``, each fed the
+        script's header plus its own sections (tables: CREATE, data, triggers), then the tail
+        (events, routines, final views) with one client once all are in.
+
+        Sections are independent: the header turns foreign-key and unique checks off, each
+        section creates, locks and loads its own table, its triggers come after its data. The
+        exact row count of a worker's tables is taken as soon as that worker is done, while the
+        others still load."""
+        assert options.open_blocks is not None
+        open_blocks = options.open_blocks
+        tools = self._tools()
+        if not self.database_exists(db):
+            self.create_database(db, options.database_properties)
+        self._restored_counts.pop(db, None)
+        log.info(
+            "restoring %s: %d %s clients, each reading the script's header and its own "
+            "tables' frames, then the routines, events and views",
+            db,
+            len(plan.workers),
+            Path(tools.client).name,
+        )
+        cancelled = threading.Event()
+        errors: list[BaseException] = []  # the first failure first: the cause
+        counts: dict[str, int] = {}
+        lock = threading.Lock()
+        with secret_file(make_defaults_file(self._user, self._password), suffix=".cnf") as cnf:
+            command = make_restore_command(
+                tools.client, cnf, self._instance, db, password=self._password
+            )
+
+            def worker(index: int) -> None:
+                try:
+                    with open_blocks(plan.workers[index]) as source:
+                        feed(command, source, RestoreFailed, cancel=cancelled)
+                    if cancelled.is_set():
+                        return
+                    with self._cursor(RestoreFailed, f"counting the rows of {db!r}") as cur:
+                        counted = {t: _count_rows(cur, db, t) for t in plan.tables[index]}
+                    with lock:
+                        counts.update(counted)
+                except BaseException as exc:
+                    with lock:
+                        # Failures after the first are the workers it stopped, not causes.
+                        errors.insert(len(errors) if cancelled.is_set() else 0, exc)
+                        cancelled.set()
+
+            threads = [
+                threading.Thread(target=worker, args=(i,), name=f"mysql-load-{i}", daemon=True)
+                for i in range(1, len(plan.workers))
+            ]
+            for thread in threads:
+                thread.start()
+            worker(0)
+            for thread in threads:
+                thread.join()
+            try:
+                if errors:
+                    raise errors[0]
+                with open_blocks({plan.tail}) as source:
+                    feed(command, source, RestoreFailed)
+            except RestoreFailed as exc:
+                exc.hint = exc.hint or (
+                    f"Database {db!r} may be partly restored: restore again with --recreate, "
+                    "or drop it; --jobs 1 restores the script with one client."
+                )
+                raise
+        self._restored_counts[db] = counts
 
     def restored_table_stats(self, db: str) -> dict[str, int]:
         """Return what :meth:`table_stats` returns (the exact row count of every base table),

@@ -402,7 +402,13 @@ class BackupJob:
         )
         # The exact row counts and the database's properties are read on their own connections
         # while the dump starts and streams (they used to delay its start).
-        counting = Background(lambda: engine.table_stats(database), "row-counts")
+        # (MariaDB counts them in the dump stream itself: the snapshot's counts, no scan.)
+        in_stream = getattr(engine, "counts_rows_in_dump", None)
+        counting = (
+            None
+            if in_stream is not None and in_stream()
+            else Background(lambda: engine.table_stats(database), "row-counts")
+        )
         describing = Background(lambda: engine.database_properties(database), "db-properties")
         try:
             captured: dict[str, DumpStream] = {}
@@ -445,7 +451,11 @@ class BackupJob:
                 raise
             try:
                 properties = describing.result()
-                stats = counting.result()
+                if counting is not None:
+                    stats = counting.result()
+                else:
+                    counted = captured["stream"].row_counts
+                    stats = counted if counted is not None else engine.table_stats(database)
             except BaseException:
                 remove_backup(self.storage, names.stem, names.data)
                 raise

@@ -30,6 +30,7 @@ from vya_backupdb.errors import NotFoundError, RestoreFailed, UsageError, VyaErr
 from vya_backupdb.jobs.store import (
     block_opener,
     check_checksum,
+    frame_index_of,
     open_backup_stream,
     open_backup_stream_direct,
 )
@@ -321,6 +322,7 @@ class RestoreJob:
         self, record: BackupRecord, request: RestoreRequest, target: InstanceConfig
     ) -> RestoreOptions:
         extra = record.extra
+        index = frame_index_of(self.source, record)
         return RestoreOptions(
             tables=request.tables,
             owner=request.owner,
@@ -332,6 +334,8 @@ class RestoreJob:
             reopen=lambda: open_backup_stream_direct(self.source, record, self.keys),
             table_weights=dict(record.stats.get("tables", {})),
             open_blocks=block_opener(self.source, record),
+            frames=tuple(index.frames) if index is not None else (),
+            sections=dict(extra.get("sql_sections") or {}),
         )
 
     def _restore_into(
@@ -343,6 +347,12 @@ class RestoreJob:
             db,
             extra={"instance": record.backup_info.instance, "database": db, "operation": "restore"},
         )
+        section_plan = getattr(engine, "section_plan", None)
+        plan = section_plan(options) if section_plan is not None else None
+        if plan is not None:
+            # Several clients, each reading the header plus its tables' frames of the file.
+            engine.restore_sections(db, plan, options)  # type: ignore[attr-defined]
+            return
         if _is_mysql(engine) and options.format != "parallel":
             # One client reads the whole script: the checksum is verified, so a local file's
             # decompressor can write straight into it, as `zstd -dc FILE | mariadb DB` would.

@@ -112,9 +112,11 @@ def pump_framed(
     """Copy ``source`` into ``compressor``, ending frames at the scanner's boundaries.
 
     ``stored_bytes`` returns how many bytes reached storage so far (after compression); it is
-    read right after each frame ends. Return (raw byte count, index); the index is None when
-    the scanner did not find every unit (the backup is still complete and valid — it is only
-    not indexed)."""
+    read right after each frame ends. A scanner may name units that must start a frame of
+    their own whatever its size (``must_cut(unit)``; e.g. a script's tail, run after all
+    else). Return (raw byte count, index); the index is None when the scanner did not find
+    every unit (the backup is still complete and valid — it is only not indexed)."""
+    must_cut: Callable[[int], bool] | None = getattr(scanner, "must_cut", None)
     index = FrameIndex()
     frame_units: list[int] = []
     frame_start = 0  # raw offset of the current frame
@@ -125,7 +127,11 @@ def pump_framed(
             cut = offset - total
             # A boundary inside bytes already written (the scanner may report the head's
             # units late) cannot end a frame: the unit then starts inside the current one.
-            big = offset - frame_start >= min_frame or (not index.frames and offset > 0)
+            big = (
+                offset - frame_start >= min_frame
+                or (not index.frames and offset > 0)
+                or (must_cut is not None and must_cut(unit) and offset > frame_start)
+            )
             if cut >= position and big:
                 compressor.write(data[position:cut])
                 position = cut
