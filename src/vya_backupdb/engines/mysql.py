@@ -1043,9 +1043,22 @@ class MysqlEngine:
         if binlog:
             info["binlog"] = scanner.coordinates()
         if sections.tail_unit is not None:
-            info["sql_sections"] = sections_record(sections)
+            info["sql_sections"] = sections_record(sections, self._section_links(db))
         if self.counts_rows_in_dump():
             stream.row_counts = self._dump_row_counts(db, sections)
+
+    def _section_links(self, db: str) -> list[list[str]]:
+        """Return the (child, parent) pairs of the foreign keys inside ``db``: a parallel
+        restore loads linked tables with one client (a session holding ``LOCK TABLES`` on one
+        of them fails when another session creates the other meanwhile)."""
+        with self._cursor(BackupFailed, f"reading the foreign keys of {db!r}") as cur:
+            cur.execute(
+                "SELECT TABLE_NAME, REFERENCED_TABLE_NAME FROM"
+                " information_schema.REFERENTIAL_CONSTRAINTS"
+                " WHERE CONSTRAINT_SCHEMA = %s AND UNIQUE_CONSTRAINT_SCHEMA = %s",
+                (db, db),
+            )
+            return sorted([str(child), str(parent)] for child, parent in cur.fetchall())
 
     def counts_rows_in_dump(self) -> bool:
         """Whether a backup's exact row counts come from the dump stream itself (MariaDB's

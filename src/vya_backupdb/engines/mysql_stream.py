@@ -43,6 +43,8 @@ from typing import Any
 
 _SECTION_TABLE = b"\n-- Table structure for table `"
 _SECTION_VIEW = b"\n-- Temporary table structure for view `"
+_SECTION_SEQUENCE = b"\n-- Sequence structure for `"
+_SECTIONS = {_SECTION_TABLE: "table", _SECTION_VIEW: "view", _SECTION_SEQUENCE: "sequence"}
 _TAIL = (
     b"\n-- Dumping events for database '",
     b"\n-- Dumping routines for database '",
@@ -54,15 +56,15 @@ _INSERT = b"\nINSERT INTO `"
 _BODY_START = b"\nDELIMITER ;;\n"
 _BODY_END = b"\nDELIMITER ;\n"
 #: The longest marker: a match can start this many bytes before a chunk's end at the most.
-_SPAN = max(len(n) for n in (_SECTION_TABLE, _SECTION_VIEW, *_TAIL, _DATA, _KEYS, _INSERT))
+_SPAN = max(len(n) for n in (*_SECTIONS, *_TAIL, _DATA, _KEYS, _INSERT))
 _SPAN = max(_SPAN, len(_BODY_START))
 
 # Scanner states.
 _HEAD, _SECTION, _DATA_WAIT, _ROWS, _BODY, _TAIL_STATE = range(6)
 _LOOKING: dict[int, tuple[bytes, ...]] = {
-    _HEAD: (_SECTION_TABLE, _SECTION_VIEW, *_TAIL),
-    _SECTION: (_SECTION_TABLE, _SECTION_VIEW, *_TAIL, _DATA, _BODY_START),
-    _DATA_WAIT: (_SECTION_TABLE, _SECTION_VIEW, *_TAIL, _KEYS, _BODY_START),
+    _HEAD: (*_SECTIONS, *_TAIL),
+    _SECTION: (*_SECTIONS, *_TAIL, _DATA, _BODY_START),
+    _DATA_WAIT: (*_SECTIONS, *_TAIL, _KEYS, _BODY_START),
     _ROWS: (_INSERT, _KEYS),
     _BODY: (_BODY_END,),
     _TAIL_STATE: (),
@@ -71,7 +73,8 @@ _LOOKING: dict[int, tuple[bytes, ...]] = {
 
 @dataclass
 class Unit:
-    """A section (``table`` or ``view`` stand-in) or the ``tail``, starting at ``offset``."""
+    """A section (``table``, ``view`` stand-in, ``sequence``) or the ``tail``, starting at
+    ``offset``."""
 
     id: int
     kind: str
@@ -229,9 +232,9 @@ class SqlDumpScanner:
         return (self._prev[start:] + data[:count])[:count]
 
     def _on_match(self, needle: bytes, position: int, data: bytes) -> None:
-        if needle in (_SECTION_TABLE, _SECTION_VIEW) or needle in _TAIL:
+        if needle in _SECTIONS or needle in _TAIL:
             self._end_table_without_rows()
-            kind = "tail" if needle in _TAIL else "table" if needle == _SECTION_TABLE else "view"
+            kind = _SECTIONS.get(needle, "tail")
             unit = Unit(len(self.units) + 1, kind, None, position + 1)
             self.units.append(unit)
             self._pending.append((unit.offset, unit.id))
@@ -312,12 +315,15 @@ class SqlDumpScanner:
                 self._checked_inserts += 1
 
 
-def sections_record(scanner: SqlDumpScanner) -> dict[str, object]:
-    """Return what a backup's record keeps of a scanned script: its units and its tail."""
+def sections_record(scanner: SqlDumpScanner, links: list[list[str]] | None) -> dict[str, object]:
+    """Return what a backup's record keeps of a scanned script: its units, its tail and the
+    tables that must be loaded by the same client (``links``: (child, parent) foreign keys;
+    None when no parallel load is safe)."""
     return {
         "version": 1,
         "tail": scanner.tail_unit,
         "units": [[unit.id, unit.kind, unit.name] for unit in scanner.units],
+        "links": links,
     }
 
 
@@ -354,24 +360,62 @@ def plan_sections(
         return None
     if frames[0][2] or frames[-1][2] != (tail,) or units.get(tail, ("",))[0] != "tail":
         return None
+    if any(kind == "sequence" for kind, _ in units.values()):
+        return None  # a table's DEFAULT NEXTVAL(s) would need s locked with it: one client
     body = frames[1:-1]
     found = [unit for _, _, ids in body for unit in ids]
     if not all(ids for _, _, ids in body) or sorted(found) != sorted(set(units) - {tail}):
         return None
+    bundles = _bundle_frames(frames, units, sections.get("links"))
+    if bundles is None:
+        return None
     ends = [raw for _, raw, _ in frames[2:]]  # a frame ends where the next one starts
-    sizes = {
-        str(n): end - raw for n, ((_, raw, _), end) in enumerate(zip(body, ends, strict=True), 1)
-    }
-    groups = plan_groups(list(sizes.items()), jobs)
+    sizes = [end - raw for (_, raw, _), end in zip(body, ends, strict=True)]
+    weights = [(str(key), sum(sizes[n - 1] for n in ns)) for key, ns in bundles.items()]
+    groups = plan_groups(weights, jobs)
     if len(groups) < 2:
         return None
     workers: list[set[int]] = []
     tables: list[list[str]] = []
     for group in groups:
-        numbers = sorted(int(n) for n in group)
+        numbers = sorted(n for key in group for n in bundles[int(key)])
         ids = [unit for n in numbers for unit in frames[n][2]]
         workers.append(set(ids))
         tables.append(
             [str(units[u][1]) for u in ids if units[u][0] == "table" and units[u][1] is not None]
         )
     return SectionPlan(workers, tables, tail)
+
+
+def _bundle_frames(
+    frames: list[tuple[int, int, tuple[int, ...]]],
+    units: dict[int, tuple[str, Any]],
+    links: object,
+) -> dict[int, list[int]] | None:
+    """Group the table frames (numbers 1..len-2) that must go to the same client: those
+    holding tables linked by a foreign key. None when ``links`` is unknown or names a table
+    no section is known by."""
+    if not isinstance(links, list):
+        return None
+    frame_of = {
+        units[u][1]: n
+        for n, (_, _, ids) in enumerate(frames[1:-1], 1)
+        for u in ids
+        if units[u][0] == "table" and units[u][1] is not None
+    }
+    root = list(range(len(frames)))
+
+    def find(n: int) -> int:
+        while root[n] != n:
+            root[n] = root[root[n]]
+            n = root[n]
+        return n
+
+    for link in links:
+        if not (isinstance(link, list) and len(link) == 2 and all(t in frame_of for t in link)):
+            return None
+        root[find(frame_of[link[0]])] = find(frame_of[link[1]])
+    bundles: dict[int, list[int]] = {}
+    for n in range(1, len(frames) - 1):
+        bundles.setdefault(find(n), []).append(n)
+    return bundles
