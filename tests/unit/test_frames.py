@@ -129,3 +129,51 @@ def test_a_real_scanner_drives_the_frames() -> None:
     assert index is not None
     assert [units for _, _, units in index.frames] == [(), (20,), (21,), (22,)]
     assert [r for _, r, _ in index.frames][1:] == [offsets[20], offsets[21], offsets[22]]
+
+
+def test_a_unit_the_scanner_must_cut_starts_a_frame_whatever_its_size() -> None:
+    scanner = _Scanner(UNITS)
+    scanner.must_cut = lambda unit: unit == 3  # type: ignore[attr-defined]
+    _, index = _write(RAW, scanner, min_frame=10**6)
+    assert index is not None
+    assert [(raw, units) for _, raw, units in index.frames] == [
+        (0, ()),
+        (40, (0, 1, 2)),
+        (6940, (3,)),
+    ]
+
+
+@pytest.mark.parametrize("chunk", [1 << 20, 64, 97])
+def test_a_mariadb_script_is_framed_by_its_sections(chunk: int) -> None:
+    from test_mysql_stream import SCRIPT
+
+    from vya_backupdb.engines.mysql_stream import SqlDumpScanner, plan_sections, sections_record
+
+    scanner = SqlDumpScanner()
+
+    class Scanning(io.BytesIO):
+        def read(self, size: int | None = -1, /) -> bytes:
+            data = super().read(size)
+            scanner.scan(data)
+            return data
+
+    out = io.BytesIO()
+    hasher = HashingWriter(out)
+    writer = get_codec("zstd").writer(hasher, 3, 1)
+    _, index = pump_framed(
+        Scanning(SCRIPT), writer, scanner, lambda: hasher.bytes, min_frame=200, chunk=chunk
+    )  # type: ignore[arg-type]
+    assert index is not None
+    stored = out.getvalue()
+    tail = scanner.units[-1].offset
+    aligned = index.frames[0][2] == () and index.frames[-1][2] == (scanner.tail_unit,)
+    if chunk == 1 << 20:
+        assert aligned  # the whole script in one read: every boundary can be cut
+    if aligned:
+        assert index.frames[-1][1] == tail
+        alone = get_codec("zstd").reader(io.BytesIO(stored[index.frames[-1][0] :])).read(10**6)
+        assert alone == SCRIPT[tail:]
+    else:
+        # A mark that straddled two reads could not be cut (its start was written already):
+        # such a backup is restored by one client.
+        assert plan_sections(index.frames, sections_record(scanner, []), 4) is None
