@@ -159,9 +159,8 @@ def test_database_with_a_sequence_is_restored_by_one_client(
     mariadb_server.sql("CREATE SEQUENCE s1 START WITH 100; SELECT NEXTVAL(s1)", db=source)
     config = _config(tmp_path, mariadb_server, source)
     record = _backup(config, tmp_path)
-    assert [
-        k for _, k, _ in record["extra"]["sql_sections"]["units"] if k[0] == "s"
-    ] == ["sequence"]
+    kinds = [kind for _, kind, _ in record["extra"]["sql_sections"]["units"]]
+    assert kinds.count("sequence") == 1
     with _engine_log(caplog) as messages:
         result = _restore(config, jobs=3)
     assert not any(SECTIONS_LOG in m for m in messages)
