@@ -110,9 +110,11 @@ def _rewrite_consistently(base: Path, data: Path, raw: bytes) -> None:
 
 
 def _decompressed(data: Path) -> bytes:
-    import zstandard
+    """The whole content: a backup may be several zstd frames (docs/on-disk-format.md)."""
+    import io
 
-    return zstandard.ZstdDecompressor().decompressobj().decompress(data.read_bytes())
+    reader = get_codec("zstd").reader(io.BytesIO(data.read_bytes()))
+    return b"".join(iter(lambda: reader.read(1 << 20), b""))
 
 
 # --------------------------------------------------------------------------- SQLite
