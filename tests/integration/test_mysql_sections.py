@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_helpers import vya, write_config
+from cli_helpers import vya
 from mysql_compare import compare_databases
 from ops_fixtures import load
 from test_mysql_engine import TRICKY_DB, _execute_all, _tricky_statements
-from test_mysql_restore_stream import _DamagedAfterCheck, _engine_log, _leftovers
+from test_mysql_restore_stream import _config, _DamagedAfterCheck, _engine_log, _leftovers
 
 from harness.mariadb import MariadbServer, quote_identifier
 from vya_backupdb.engines.mysql import MysqlEngine
@@ -63,12 +63,6 @@ def source(mariadb_server: MariadbServer) -> Iterator[str]:
     yield DB
     mariadb_server.drop_db(DB)
     mariadb_server.drop_db(TARGET)
-
-
-def _config(tmp_path: Path, server: MariadbServer, source: str, **storage: Any) -> Path:
-    return write_config(
-        tmp_path, [server.instance_config("my", databases=[source], users=False)], **storage
-    )
 
 
 def _backup(config: Path, tmp_path: Path) -> dict[str, Any]:
