@@ -582,6 +582,48 @@ def test_postgres_engine_restore_with_owner_reassigns_ownership(
         pg_server.drop_db(target)
 
 
+def test_postgres_restored_row_counts_trust_statistics_only_when_they_agree(
+    pg_server: PgServer, tricky_db: str, tmp_path: Path
+) -> None:
+    """The row check after a restore takes a table's count from the server's statistics only
+    when they show exactly the recorded rows inserted and none deleted: a wrong record, rows
+    deleted, or a restore into a database that already existed get exact counts."""
+    engine = _engine(pg_server)
+    dump_file = tmp_path / "tricky.dump"
+    _dump_to_file(engine, tricky_db, dump_file)
+    source_counts = engine.table_stats(tricky_db)
+    assert source_counts["public.orders"] == 300
+    assert source_counts["public.measurements"] > 0  # a partitioned parent
+    recorded = {**source_counts, "public.all_types": source_counts["public.all_types"] + 1}
+    target = "stats «row» check"
+    pg_server.drop_db(target)
+    try:
+        _restore_file(
+            engine,
+            target,
+            dump_file,
+            RestoreOptions(
+                database_properties=engine.database_properties(tricky_db),
+                expected_rows=recorded,
+            ),
+        )
+        pg_server.psql("DELETE FROM orders WHERE id <= 10", dbname=target)
+        restored = engine.restored_table_stats(target)
+        # Exact: the wrong record is not echoed back, the deleted rows are seen.
+        assert restored["public.all_types"] == source_counts["public.all_types"]
+        assert restored["public.orders"] == 290
+        assert restored["public.measurements"] == source_counts["public.measurements"]
+        assert restored == engine.table_stats(target)
+        # A database the restore did not create is never confirmed from statistics.
+        pg_server.drop_db(target)
+        pg_server.create_db(target, "TEMPLATE template0 ENCODING 'UTF8'")
+        _restore_file(engine, target, dump_file, RestoreOptions(expected_rows=source_counts))
+        assert target not in engine._restored_expected
+        assert engine.restored_table_stats(target) == source_counts
+    finally:
+        pg_server.drop_db(target)
+
+
 @pytest.mark.parametrize(
     ("dump_options", "jobs", "streams"),
     [
@@ -620,19 +662,20 @@ def test_postgres_engine_parallel_restore_is_exact(
                 jobs=jobs,
                 reopen=reopen,
                 table_weights=engine.table_stats(tricky_db),
+                expected_rows=engine.table_stats(tricky_db),
             ),
         )
         assert reopen.opened == streams
         assert compare_databases(pg_server, tricky_db, pg_server, target) == []
         source_counts = engine.table_stats(tricky_db)
-        if streams:
-            # The streamed path counted each table right after its data was in; the row check
-            # reuses those counts (and counts the rest, e.g. partitioned parents, now).
-            counted = engine._restored_counts[target]
-            assert counted and set(counted) < set(source_counts)
-            assert all(source_counts[t] == n for t, n in counted.items())
+        # The server's statistics of the new database show every loaded table's rows,
+        # partitioned parents included (the sum of their leaves): no table is rescanned.
+        inserted = engine._inserted_rows(target)
+        assert {t: n for t, n in source_counts.items() if n} == {
+            t: n for t, n in inserted.items() if n
+        }
         assert engine.restored_table_stats(target) == source_counts
-        assert target not in engine._restored_counts  # used once
+        assert target not in engine._restored_expected  # used once
         assert engine.table_stats(target) == source_counts
     finally:
         pg_server.drop_db(target)

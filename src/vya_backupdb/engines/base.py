@@ -84,6 +84,9 @@ class RestoreOptions:
     frames: tuple[tuple[int, int, tuple[int, ...]], ...] = ()
     #: What the backup's record says of the script's sections (engines/mysql_stream.py).
     sections: dict[str, Any] = field(default_factory=dict)
+    #: Exact rows per table (``schema.table``) the backup's record holds: what the restore's
+    #: row check will compare with (an engine may confirm them without rescanning tables).
+    expected_rows: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,6 @@ from typing import Any, Literal
 import psycopg
 from psycopg import sql
 
-from vya_backupdb.background import Background
 from vya_backupdb.config.models import InstanceConfig, PgFormat
 from vya_backupdb.engines.base import (
     DatabaseInfo,
@@ -469,9 +468,9 @@ class PostgresEngine:
         self._password = password
         #: The server's version, known from the first connection (see :meth:`server_info`).
         self._server: ServerInfo | None = None
-        #: Row counts taken during a parallel restore, per database (restored_table_stats).
-        self._restored_counts: dict[str, dict[str, int]] = {}
-        self._counted_lock = threading.Lock()
+        #: The rows the backup recorded, per database this engine created and restored
+        #: (restored_table_stats confirms them from the server's statistics).
+        self._restored_expected: dict[str, dict[str, int]] = {}
 
     # ---- connections
 
@@ -651,18 +650,49 @@ class PostgresEngine:
         return self._count_tables(db, {})
 
     def restored_table_stats(self, db: str) -> dict[str, int]:
-        """Return what :meth:`table_stats` returns, reusing the counts a parallel restore of
-        ``db`` by this engine took right after each table's data was in (while indexes were
-        being built); only the other tables are counted now."""
-        with self._counted_lock:
-            known = self._restored_counts.pop(db, {})
-        return self._count_tables(db, known)
+        """Return what :meth:`table_stats` returns for a database this engine just created and
+        restored, without rescanning the tables the server saw loaded whole.
 
-    def _count_loaded(self, db: str, tables: list[tuple[str, str]]) -> dict[str, int]:
-        if not tables:
-            return {}
+        In a database created for the restore nothing but the restore wrote: the server's own
+        count of the rows inserted into a table (``pg_stat_get_tuples_inserted``; for a
+        partitioned table, the sum over its leaf partitions) is the number it holds when none
+        was deleted. A table whose count is the (non-zero) number the backup recorded is taken
+        as is; every other one — statistics off or not yet flushed, an empty table, a
+        mismatch — is counted with ``count(*)``, so a mismatch reported is always an exact
+        count. On the benchmark's 1 GiB database this spares scans costing ~0.3 s."""
+        expected = self._restored_expected.pop(db, {})
+        confirmed: dict[str, int] = {}
+        if expected:
+            inserted = self._inserted_rows(db)
+            confirmed = {t: n for t, n in expected.items() if n > 0 and inserted.get(t) == n}
+            log.debug(
+                "row check of %s: %d of %d table(s) confirmed by the server's statistics",
+                db, len(confirmed), len(expected),
+            )  # fmt: skip
+        return self._count_tables(db, confirmed)
+
+    def _inserted_rows(self, db: str) -> dict[str, int]:
+        """Rows inserted per table of ``db`` since it was created, from the statistics; a
+        table with rows deleted since (or a partition of it) is left out."""
+        # pg_partition_tree: PostgreSQL 12 and later (before, partitioned ones are counted).
+        leaves = (
+            "(SELECT CASE WHEN sum(pg_stat_get_tuples_deleted(t.relid)) = 0"
+            " THEN sum(pg_stat_get_tuples_inserted(t.relid)) END"
+            " FROM pg_partition_tree(c.oid) t WHERE t.isleaf)"
+            if self.version_num >= 120000
+            else "NULL"
+        )
+        query = (
+            f"SELECT n.nspname, c.relname, CASE WHEN c.relkind = 'p' THEN {leaves}"  # noqa: S608 - constant
+            " WHEN pg_stat_get_tuples_deleted(c.oid) = 0"
+            " THEN pg_stat_get_tuples_inserted(c.oid) END "
+            "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relkind IN ('r', 'p') "
+            "AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
+        )
         with self._connect(db) as conn:
-            return {f"{schema}.{table}": _count(conn, schema, table) for schema, table in tables}
+            rows = conn.execute(query).fetchall()
+        return {f"{schema}.{table}": int(n) for schema, table, n in rows if n is not None}
 
     def _count_tables(self, db: str, known: dict[str, int]) -> dict[str, int]:
         with self._connect(db) as conn:
@@ -758,11 +788,14 @@ class PostgresEngine:
         """Restore ``stream`` (a dump in ``options.format``) into ``db``, creating ``db`` with
         the source's properties when missing; raise RestoreFailed when the tool fails."""
         created = False
+        self._restored_expected.pop(db, None)
         if not self.database_exists(db):
             self.create_database(db, options.database_properties, owner=options.owner)
             created = True
         try:
             self._restore_into(db, stream, options, created)
+            if created and not options.tables:
+                self._restored_expected[db] = dict(options.expected_rows)
         except BaseException:
             # A database we created for this restore is not left behind half-filled.
             if created:
@@ -884,26 +917,13 @@ class PostgresEngine:
             )
             if cancelled.is_set():
                 return
-            # This worker's tables are loaded: count their rows (for the restore's row check)
-            # while their indexes and keys build, and while the other workers still load.
-            counter = Background(lambda: self._count_loaded(db, tables_of(plan.data[index])))
+            # This worker's tables are loaded: their indexes and keys build while the other
+            # workers still load.
             if plan.indexes[index]:
                 feed(command(f"indexes{index}.list", plan.indexes[index], 1, archive), None,
                      RestoreFailed, stdout_tail=False)  # fmt: skip
-            counted = counter.result()
-            with self._counted_lock:
-                self._restored_counts.setdefault(db, {}).update(counted)
 
         open_blocks = options.open_blocks
-        by_id = {e.dump_id: e for e in toc.entries}
-
-        def tables_of(ids: Sequence[int]) -> list[tuple[str, str]]:
-            return [
-                (by_id[i].namespace, by_id[i].tag) for i in ids if by_id[i].desc == "TABLE DATA"
-            ]
-
-        with self._counted_lock:
-            self._restored_counts.pop(db, None)
 
         def worker(index: int) -> None:
             try:

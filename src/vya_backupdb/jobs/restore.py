@@ -336,6 +336,7 @@ class RestoreJob:
             open_blocks=block_opener(self.source, record),
             frames=tuple(index.frames) if index is not None else (),
             sections=dict(extra.get("sql_sections") or {}),
+            expected_rows=dict(record.stats.get("tables", {})),
         )
 
     def _restore_into(
