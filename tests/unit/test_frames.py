@@ -11,7 +11,7 @@ import zstandard
 from pg_archives import framed_archive
 from vya_backupdb.engines.pg_archive import BlockScanner
 from vya_backupdb.pipeline.codecs import get_codec
-from vya_backupdb.pipeline.frames import FrameIndex, pump_framed
+from vya_backupdb.pipeline.frames import FrameIndex, ScanAhead, pump_framed
 from vya_backupdb.pipeline.stream import HashingWriter
 
 pytestmark = pytest.mark.unit
@@ -177,3 +177,58 @@ def test_a_mariadb_script_is_framed_by_its_sections(chunk: int) -> None:
         # A mark that straddled two reads could not be cut (its start was written already):
         # such a backup is restored by one client.
         assert plan_sections(index.frames, sections_record(scanner, []), 4) is None
+
+
+def _write_ahead(raw: bytes, scanner: object, chunk: int, **kwargs: int) -> FrameIndex | None:
+    """As :func:`_write`, the dump read and scanned on ScanAhead's thread."""
+    out = io.BytesIO()
+    hasher = HashingWriter(out)
+    writer = get_codec("zstd").writer(hasher, 3, 1)
+    ahead = ScanAhead(io.BytesIO(raw), scanner, chunk=chunk, **kwargs)  # type: ignore[arg-type]
+    try:
+        total, index = pump_framed(
+            ahead, writer, ahead, lambda: hasher.bytes, min_frame=1, chunk=chunk
+        )
+    finally:
+        ahead.close()
+    assert total == len(raw)
+    assert get_codec("zstd").reader(io.BytesIO(out.getvalue())).read(10**6) == raw
+    return index
+
+
+@pytest.mark.parametrize("depth", [1, 8])
+@pytest.mark.parametrize("chunk", [4096, 333, 50_000])
+def test_reading_ahead_cuts_the_frames_where_reading_directly_does(chunk: int, depth: int) -> None:
+    raw, _ = framed_archive()
+    _, direct = _write(raw, BlockScanner(), min_frame=1, chunk=chunk)
+    ahead = _write_ahead(raw, BlockScanner(), chunk, depth=depth)
+    assert direct is not None and ahead is not None
+    assert ahead.frames == direct.frames
+
+
+def test_reading_ahead_keeps_the_units_a_scanner_must_cut() -> None:
+    scanner = _Scanner(UNITS)
+    scanner.must_cut = lambda unit: unit == 3  # type: ignore[attr-defined]
+    index = _write_ahead(RAW, scanner, 1000)
+    assert index is not None
+    assert [raw for _, raw, _ in index.frames] == [0, 40, 2040, 4340, 6940]
+    assert [units for _, _, units in index.frames][-1] == (3,)
+    assert _write_ahead(RAW, _Scanner(UNITS, complete=False), 1000) is None
+
+
+def test_a_source_failing_while_read_ahead_fails_the_consumer_and_stops_the_thread() -> None:
+    class Failing(io.BytesIO):
+        def read(self, size: int | None = -1, /) -> bytes:
+            if self.tell() >= 3000:
+                raise OSError("dump tool went away")
+            return super().read(size)
+
+    ahead = ScanAhead(Failing(RAW), _Scanner(UNITS), chunk=1000, depth=2)
+    read = b""
+    with pytest.raises(OSError, match="went away"):
+        while data := ahead.read(1000):
+            read += data
+            ahead.feed(data)
+    ahead.close()
+    assert read == RAW[:3000]
+    assert not ahead._ahead._thread.is_alive()

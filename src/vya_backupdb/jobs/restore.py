@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from vya_backupdb.background import Background
 from vya_backupdb.catalog.catalog import record_operation, relative_name
 from vya_backupdb.catalog.layout import new_run_id
 from vya_backupdb.catalog.records import BackupRecord
@@ -247,24 +248,16 @@ class RestoreJob:
     def _run_record(
         self, record: BackupRecord, request: RestoreRequest, confirm: Confirm
     ) -> RestoreResult:
-        # Integrity first: nothing touches the target before the checksum matches.
-        check_checksum(self.source, record, keys=self.keys)
-
-        source_instance = self.settings.instance(record.backup_info.instance)
-        target_inst = (
-            self.settings.instance(request.target_instance)
-            if request.target_instance
-            else source_instance
-        )
-        if target_inst.type != source_instance.type and not (
-            {target_inst.type, source_instance.type} <= {"mysql", "mariadb"}
-        ):
-            raise UsageError(
-                f"cannot restore a {source_instance.type} backup into "
-                f"{target_inst.type} instance {target_inst.id!r}"
-            )
-        engine = make_engine(self.loaded, target_inst)
-        options = self._options(record, request, target_inst)
+        # Integrity first: nothing touches the target before the checksum matches. The file
+        # is read on a thread while the engine and its driver load (neither holds the GIL
+        # for long); a damaged backup is still the error reported first.
+        checksum = Background(lambda: check_checksum(self.source, record, keys=self.keys))
+        try:
+            engine, target_inst, options = self._engine_for(record, request)
+        except BaseException:
+            checksum.result()
+            raise
+        checksum.result()
         database = record.backup_info.database
         started = time.monotonic()
         if request.mode == "test":
@@ -317,6 +310,25 @@ class RestoreJob:
             safety_backup=safety,
             row_check=counts,
         )
+
+    def _engine_for(
+        self, record: BackupRecord, request: RestoreRequest
+    ) -> tuple[Engine, InstanceConfig, RestoreOptions]:
+        source_instance = self.settings.instance(record.backup_info.instance)
+        target_inst = (
+            self.settings.instance(request.target_instance)
+            if request.target_instance
+            else source_instance
+        )
+        if target_inst.type != source_instance.type and not (
+            {target_inst.type, source_instance.type} <= {"mysql", "mariadb"}
+        ):
+            raise UsageError(
+                f"cannot restore a {source_instance.type} backup into "
+                f"{target_inst.type} instance {target_inst.id!r}"
+            )
+        engine = make_engine(self.loaded, target_inst)
+        return engine, target_inst, self._options(record, request, target_inst)
 
     def _options(
         self, record: BackupRecord, request: RestoreRequest, target: InstanceConfig

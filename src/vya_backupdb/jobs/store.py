@@ -22,7 +22,7 @@ from vya_backupdb.catalog.catalog import read_text, write_text
 from vya_backupdb.catalog.records import BackupRecord
 from vya_backupdb.errors import CredentialError, IntegrityError, StorageError, VyaError
 from vya_backupdb.pipeline.codecs import Codec, Readable, aborting, get_codec
-from vya_backupdb.pipeline.frames import FrameIndex, FramingWriter, pump_framed
+from vya_backupdb.pipeline.frames import FrameIndex, FramingWriter, ScanAhead, pump_framed
 from vya_backupdb.pipeline.stream import (
     CountingReader,
     HashingReader,
@@ -106,6 +106,7 @@ def write_backup_object(
     source_cm = open_source()
     source = source_cm.__enter__()
     source_open = True
+    ahead: ScanAhead | ReadAhead | None = None
     index: FrameIndex | None = None
     try:
         names = names_for(source)
@@ -114,8 +115,9 @@ def write_backup_object(
             # Encrypt after compressing (ciphertext does not compress); hash what is stored.
             encryptor = encryption.writer(hasher) if encryption is not None else None
             with aborting(codec.writer(encryptor or hasher, level, threads)) as compressor:
-                counted = CountingReader(source, progress)
                 scanner = getattr(source, "scanner", None)
+                # The dump is read (and scanned) on a thread of its own, a few chunks ahead:
+                # the dump tool does not wait while a chunk is compressed, hashed and written.
                 if (
                     scanner is not None
                     and encryptor is None
@@ -123,17 +125,24 @@ def write_backup_object(
                 ):
                     # Independent frames cut where the dump's units start: parallel restore
                     # workers then decompress only their own tables (pipeline/frames.py).
-                    raw, index = pump_framed(counted, compressor, scanner, lambda: hasher.bytes)
+                    ahead = ScanAhead(source, scanner)
+                    counted = CountingReader(ahead, progress)
+                    raw, index = pump_framed(counted, compressor, ahead, lambda: hasher.bytes)
                 else:
-                    raw = pump(counted, compressor)
+                    ahead = ReadAhead(source)
+                    raw = pump(CountingReader(ahead, progress), compressor)
                     compressor.close()
             if encryptor is not None:
                 encryptor.close()
+            ahead.close()  # at the end of the dump: its thread is done
             source_open = False
             source_cm.__exit__(None, None, None)
     except BaseException as exc:
         if source_open:
+            # Stop the dump first (its tool is killed): the reading thread then ends.
             source_cm.__exit__(type(exc), exc, exc.__traceback__)
+        if ahead is not None:
+            ahead.close()
         raise
     try:
         write_text(storage, names.sha256, layout.sidecar_line(hasher.sha256, names.basename))

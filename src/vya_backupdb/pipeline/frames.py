@@ -16,11 +16,13 @@ stored bytes).
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from vya_backupdb.pipeline.codecs import CHUNK, Readable, StreamWriter
+from vya_backupdb.pipeline.stream import ReadAhead
 
 #: A frame is ended at a unit boundary only once it holds this many raw bytes: small tables
 #: share a frame (fewer frames, better compression), large ones get frames of their own.
@@ -98,6 +100,78 @@ class FrameIndex:
             else:
                 ranges.append((start, end))
         return ranges
+
+
+class ScanAhead:
+    """Read a dump on a thread of its own, up to ``depth`` chunks ahead, scanning it there.
+
+    Both a Readable and a :class:`Scanner` for :func:`pump_framed`: the dump tool is read
+    while the pipeline compresses, hashes and writes (on a 2-core machine a ``mariadb-dump``
+    that waited for those turns made a backup ~8 % slower than ``mariadb-dump | zstd``), and
+    the scanner's work overlaps with them too. ``feed`` returns the unit starts found in the
+    bytes handed out so far, so frames are cut exactly where reading the dump directly would
+    cut them. Call :meth:`close` once the source is exhausted or dead (it joins the thread).
+    """
+
+    def __init__(self, source: Readable, scanner: Scanner, chunk: int = CHUNK, depth: int = 8):
+        self._source = source
+        self._scanner = scanner
+        self._must_cut: Callable[[int], bool] | None = getattr(scanner, "must_cut", None)
+        # (offset, unit) of every start found, appended by the reading thread before the
+        # chunk holding it is queued; taken by the consumer once that chunk is handed out.
+        self._marks: collections.deque[tuple[int, int]] = collections.deque()
+        self._cut: set[int] = set()
+        self._handed = 0
+        self._ahead = ReadAhead(
+            _Scanned(source, scanner, self._marks, self._cut, self._must_cut), chunk, depth
+        )
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = self._ahead.read(size)
+        self._handed += len(data)
+        return data
+
+    def feed(self, data: bytes) -> list[tuple[int, int]]:
+        found: list[tuple[int, int]] = []
+        while self._marks and self._marks[0][0] < self._handed:
+            found.append(self._marks.popleft())
+        return found
+
+    def must_cut(self, unit: int) -> bool:
+        return unit in self._cut
+
+    @property
+    def complete(self) -> bool:
+        return self._scanner.complete
+
+    def close(self) -> None:
+        self._ahead.close()
+
+
+class _Scanned:
+    """The reading side of :class:`ScanAhead` (runs on its thread)."""
+
+    def __init__(
+        self,
+        source: Readable,
+        scanner: Scanner,
+        marks: collections.deque[tuple[int, int]],
+        cut: set[int],
+        must_cut: Callable[[int], bool] | None,
+    ):
+        self._source = source
+        self._scanner = scanner
+        self._marks = marks
+        self._cut = cut
+        self._must_cut = must_cut
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = self._source.read(size)
+        for offset, unit in self._scanner.feed(data):
+            if self._must_cut is not None and self._must_cut(unit):
+                self._cut.add(unit)
+            self._marks.append((offset, unit))
+        return data
 
 
 def pump_framed(
