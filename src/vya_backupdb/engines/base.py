@@ -53,6 +53,11 @@ class DumpStream:
     #: Exact rows per table as counted in the stream itself, set by the engine once the
     #: stream was read to its end; None: the caller counts with ``Engine.table_stats``.
     row_counts: dict[str, int] | None = None
+    #: Read (and scan) the dump on a thread of its own, a few chunks ahead of compression:
+    #: worth it when the dump tool's own CPU bounds the backup (mariadb-dump formatting SQL:
+    #: ~5 % faster), not when the server does (pg_dump: ~10 % slower, measured — a reader
+    #: always ready wakes the tool for every small write and takes CPU from the server).
+    read_ahead: bool = False
 
     def read(self, size: int = -1, /) -> bytes:
         return self.reader.read(size)

@@ -1030,6 +1030,7 @@ class MysqlEngine:
                         format="sql",
                         info=info,
                         scanner=sections,
+                        read_ahead=True,
                     )
                     yield stream
             except BackupFailed as exc:

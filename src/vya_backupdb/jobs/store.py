@@ -116,8 +116,9 @@ def write_backup_object(
             encryptor = encryption.writer(hasher) if encryption is not None else None
             with aborting(codec.writer(encryptor or hasher, level, threads)) as compressor:
                 scanner = getattr(source, "scanner", None)
-                # The dump is read (and scanned) on a thread of its own, a few chunks ahead:
-                # the dump tool does not wait while a chunk is compressed, hashed and written.
+                # A dump that asks for it is read (and scanned) on a thread of its own, a few
+                # chunks ahead: its tool does not wait while a chunk is compressed and stored.
+                read_ahead = getattr(source, "read_ahead", False)
                 if (
                     scanner is not None
                     and encryptor is None
@@ -125,16 +126,19 @@ def write_backup_object(
                 ):
                     # Independent frames cut where the dump's units start: parallel restore
                     # workers then decompress only their own tables (pipeline/frames.py).
-                    ahead = ScanAhead(source, scanner)
-                    counted = CountingReader(ahead, progress)
-                    raw, index = pump_framed(counted, compressor, ahead, lambda: hasher.bytes)
+                    if read_ahead:
+                        ahead = ScanAhead(source, scanner)
+                        scanner = ahead
+                    counted = CountingReader(ahead or source, progress)
+                    raw, index = pump_framed(counted, compressor, scanner, lambda: hasher.bytes)
                 else:
-                    ahead = ReadAhead(source)
-                    raw = pump(CountingReader(ahead, progress), compressor)
+                    ahead = ReadAhead(source) if read_ahead else None
+                    raw = pump(CountingReader(ahead or source, progress), compressor)
                     compressor.close()
             if encryptor is not None:
                 encryptor.close()
-            ahead.close()  # at the end of the dump: its thread is done
+            if ahead is not None:
+                ahead.close()  # at the end of the dump: its thread is done
             source_open = False
             source_cm.__exit__(None, None, None)
     except BaseException as exc:
