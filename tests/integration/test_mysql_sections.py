@@ -74,9 +74,15 @@ def _backup(config: Path, tmp_path: Path) -> dict[str, Any]:
 
 
 def _restore(
-    config: Path, jobs: int, mode: Mode = "fast", storage: LocalStorage | None = None
+    config: Path,
+    jobs: int,
+    mode: Mode = "fast",
+    storage: LocalStorage | None = None,
+    progress: list[int] | None = None,
 ) -> RestoreResult:
     job = RestoreJob(load(config), storage=storage)
+    if progress is not None:
+        job.progress = progress.append
     request = RestoreRequest(
         instance="my", database=DB, latest=True, target=TARGET, mode=mode, jobs=jobs
     )
@@ -126,12 +132,18 @@ def test_restore_with_jobs_loads_sections_in_parallel_and_is_exact(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     config = _config(tmp_path, mariadb_server, source)
-    _backup(config, tmp_path)
+    record = _backup(config, tmp_path)
+    size = record["file_info"]["size"]
+    reported: list[int] = []
     with _engine_log(caplog) as messages:
-        result = _restore(config, jobs=3)
+        result = _restore(config, jobs=3, progress=reported)
     assert any(SECTIONS_LOG in m for m in messages)
     assert compare_databases(mariadb_server, source, mariadb_server, TARGET) == []
     assert result.row_check["ok"] and result.row_check["tables"] >= 5
+    # The progress advanced while the clients read their frames (stored bytes, summed over
+    # the readers), never backwards, and ended at the file's size.
+    assert reported == sorted(reported) and reported[-1] == size
+    assert any(0 < done < size for done in reported)
     # The trigger with the fake mark came through whole, after its table's data.
     [(body,)] = mariadb_server.query(
         "SELECT ACTION_STATEMENT FROM information_schema.TRIGGERS"

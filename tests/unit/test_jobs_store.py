@@ -173,3 +173,26 @@ def test_direct_stream_falls_back_to_in_process_when_not_a_local_file() -> None:
     with open_backup_stream_direct(storage, record) as stream:
         assert not isinstance(stream, ToolReader)
         assert stream.read(1000) == b"SELECT 1;\n" * 10
+
+
+def test_readers_on_several_threads_report_one_progress_that_never_passes_the_size() -> None:
+    import threading
+
+    from vya_backupdb.jobs.store import _SharedProgress
+
+    reported: list[int] = []
+    shared = _SharedProgress(reported.append, size=10_000, interval=3600)
+
+    def reader() -> None:
+        for _ in range(100):
+            shared.add(60)
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # The first read is reported at once, then nothing until the interval passes or the
+    # sum reaches the size (3 × 6,000 bytes read: the head is read by every reader).
+    assert reported[0] == 60
+    assert reported[1:] and all(done == 10_000 for done in reported[1:])

@@ -196,10 +196,13 @@ class LogProgress(ProgressDisplay):
     ) -> Callback | None:
         started = self.clock()
         last = [started]
+        seen = [0]
         label = f"{instance}/{database}"
         kind = operation.split(" ", 1)[0]  # "verify integrity" logs operation "verify"
 
         def report(done: int) -> None:
+            # Never backwards (a restore's workers and its main stream both report).
+            done = seen[0] = max(done, seen[0])
             now = self.clock()
             if now - last[0] < self.interval:
                 return
@@ -247,8 +250,11 @@ class BarProgress(ProgressDisplay):
     ) -> Callback | None:
         prefix = "" if operation == "backup" else f"{operation} "
         tasks: list[TaskID] = []
+        seen = [0]
 
         def report(done: int) -> None:
+            # Never backwards (a restore's workers and its main stream both report).
+            done = seen[0] = max(done, seen[0])
             # The bar appears with the first bytes, not before: a restore asks for
             # confirmation first, and a prompt under a live display is unreadable.
             if not tasks:

@@ -345,7 +345,7 @@ class RestoreJob:
             # Parallel workers read their own streams of the backup (no spool to disk).
             reopen=lambda: open_backup_stream_direct(self.source, record, self.keys),
             table_weights=dict(record.stats.get("tables", {})),
-            open_blocks=block_opener(self.source, record),
+            open_blocks=block_opener(self.source, record, self.progress),
             frames=tuple(index.frames) if index is not None else (),
             sections=dict(extra.get("sql_sections") or {}),
             expected_rows=dict(record.stats.get("tables", {})),
@@ -365,6 +365,7 @@ class RestoreJob:
         if plan is not None:
             # Several clients, each reading the header plus its tables' frames of the file.
             engine.restore_sections(db, plan, options)  # type: ignore[attr-defined]
+            self._progress_done(record)
             return
         if _is_mysql(engine) and options.format != "parallel":
             # One client reads the whole script: the checksum is verified, so a local file's
@@ -376,6 +377,13 @@ class RestoreJob:
             opened = open_backup_stream(self.source, record, self.progress, keys=self.keys)
         with opened as stream:
             engine.restore(db, stream, options)
+        self._progress_done(record)
+
+    def _progress_done(self, record: BackupRecord) -> None:
+        """Report the whole file restored: parallel workers read only the frames they need
+        (e.g. not those of the archive's table of contents), so their sum may stop short."""
+        if self.progress is not None:
+            self.progress(record.file_info.size)
 
     def _safe_swap(
         self,

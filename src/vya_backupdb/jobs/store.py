@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -414,19 +415,50 @@ def frame_index_of(storage: Storage, record: BackupRecord) -> FrameIndex | None:
 
 
 def block_opener(
-    storage: Storage, record: BackupRecord
+    storage: Storage, record: BackupRecord, progress: Callable[[int], None] | None = None
 ) -> Callable[[set[int]], AbstractContextManager[Readable]] | None:
     """Return ``RestoreOptions.open_blocks`` for a backup: opens its head plus the frames of
-    some units, when the backup is framed and readable by range; None otherwise."""
+    some units, when the backup is framed and readable by range; None otherwise.
+
+    ``progress`` gets the stored bytes all the opened streams read so far (at most the file's
+    size: each reader also reads the head), as the restore's single stream would report."""
     index = frame_index_of(storage, record)
     if index is None:
         return None
-    return lambda units: open_backup_blocks(storage, record, index, units)
+    shared = _SharedProgress(progress, record.file_info.size) if progress is not None else None
+    return lambda units: open_backup_blocks(storage, record, index, units, shared)
+
+
+class _SharedProgress:
+    """Sums the bytes several readers read (on their own threads) into one progress report,
+    at most every ``interval`` seconds."""
+
+    def __init__(self, progress: Callable[[int], None], size: int, interval: float = 0.5):
+        self._progress = progress
+        self._size = size
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._done = 0
+        self._last = 0.0
+
+    def add(self, count: int) -> None:
+        with self._lock:
+            self._done += count
+            now = time.monotonic()
+            if now - self._last < self._interval and self._done < self._size:
+                return
+            self._last = now
+            done = min(self._done, self._size)
+        self._progress(done)
 
 
 @contextlib.contextmanager
 def open_backup_blocks(
-    storage: Storage, record: BackupRecord, index: FrameIndex, units: set[int]
+    storage: Storage,
+    record: BackupRecord,
+    index: FrameIndex,
+    units: set[int],
+    progress: _SharedProgress | None = None,
 ) -> Iterator[Readable]:
     """Yield the decompressed head of a framed backup plus only the frames in which
     ``units`` start (see pipeline/frames.py), for a backup whose checksum was already
@@ -438,7 +470,7 @@ def open_backup_blocks(
 
     path = storage.local_path(record.file_info.name)
     assert path is not None
-    ranges = _RangeReader(path, index.ranges_for(units))
+    ranges = _RangeReader(path, index.ranges_for(units), progress)
     try:
         zstd = shutil.which("zstd") if record.file_info.compression == "zstd" else None
         if zstd is not None:
@@ -457,10 +489,13 @@ def open_backup_blocks(
 class _RangeReader:
     """Reads byte ranges ``[start, end)`` of a file one after the other, as one stream."""
 
-    def __init__(self, path: str, ranges: list[tuple[int, int]]):
+    def __init__(
+        self, path: str, ranges: list[tuple[int, int]], progress: _SharedProgress | None = None
+    ):
         self._handle = open(path, "rb")  # noqa: SIM115 - closed by close()
         self._ranges = list(reversed(ranges))
         self._left = 0
+        self._progress = progress
 
     def read(self, size: int = -1, /) -> bytes:
         while self._left == 0:
@@ -474,6 +509,8 @@ class _RangeReader:
         if not data:
             raise OSError(f"{self._handle.name} is shorter than its frame index")
         self._left -= len(data)
+        if self._progress is not None:
+            self._progress.add(len(data))
         return data
 
     def close(self) -> None:

@@ -646,6 +646,7 @@ class VerifyJob:
         temp_db = temp_database_name(record.backup_info.database, self.clock())
         if engine.database_exists(temp_db):
             raise UsageError(f"temporary database {temp_db!r} already exists on {target.id!r}")
+        reporting = self._progress(record, "test-restore")
         options = RestoreOptions(
             jobs=target.jobs,
             format=record.backup_info.dump_format or "custom",
@@ -654,12 +655,11 @@ class VerifyJob:
             # As a real restore: parallel workers read their own streams, no spool.
             reopen=lambda: open_backup_stream_direct(self.storage, record, self.keys),
             table_weights=dict(record.stats.get("tables", {})),
-            open_blocks=block_opener(self.storage, record),
+            open_blocks=block_opener(self.storage, record, reporting),
         )
         log.info("test restore of %s into %s on %s", record.id, temp_db, target.id)
         try:
             started = time.monotonic()
-            reporting = self._progress(record, "test-restore")
             with open_backup_stream(self.storage, record, reporting, keys=self.keys) as stream:
                 engine.restore(temp_db, stream, options)
             result.restore_seconds = round(time.monotonic() - started, 3)
