@@ -285,3 +285,14 @@ def test_main_waits_for_running_threads_before_exiting(tmp_path: Path) -> None:
 
     assert done.returncode == 0, done.stderr
     assert done_file.exists()  # the fast exit is only taken when nothing else still runs
+
+
+def test_top_level_help_lists_one_exit_code_per_line() -> None:
+    from vya_backupdb.errors import EXIT_CODES
+
+    result = CliRunner().invoke(app_module.app, ["--help"], env={"COLUMNS": "100"})
+    assert result.exit_code == 0
+    lines = [line.strip() for line in result.output.splitlines()]
+    for code, (name, _) in EXIT_CODES.items():
+        # Each code starts a line of its own (help text is not rewrapped into a paragraph).
+        assert any(line.split()[:2] == [str(code), name] for line in lines if line), code

@@ -79,6 +79,7 @@ HELP = f"""VYA BackupDB: backup and restore for PostgreSQL, MySQL/MariaDB, SQLit
 
 Exit codes:
 
+\b
 {exit_code_table()}
 """
 
