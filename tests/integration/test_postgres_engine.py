@@ -582,6 +582,64 @@ def test_postgres_engine_restore_with_owner_reassigns_ownership(
         pg_server.drop_db(target)
 
 
+def test_postgres_dump_counts_rows_in_its_own_snapshot_under_concurrent_inserts(
+    pg_server: PgServer, tricky_db: str, tmp_path: Path
+) -> None:
+    """The row counts a dump comes with are taken in the snapshot pg_dump dumps (exported to
+    it with --snapshot): rows inserted meanwhile are in neither, so a restore of the dump
+    holds exactly the recorded rows even on a busy server."""
+    import threading
+
+    engine = _engine(pg_server)
+    assert engine.counts_rows_in_dump()
+    stop = threading.Event()
+    inserted = [0]
+
+    def insert() -> None:
+        with contextlib.closing(pg_server.connect(tricky_db)) as conn:
+            while not stop.is_set():
+                conn.execute("INSERT INTO orders (qty, price, note) VALUES (1, 1, 'late')")
+                inserted[0] += 1
+
+    writer = threading.Thread(target=insert, daemon=True)
+    writer.start()
+    dump_file = tmp_path / "busy.dump"
+    try:
+        while inserted[0] < 20:
+            time.sleep(0.01)
+        with engine.dump(tricky_db) as stream, dump_file.open("wb") as out:
+            while chunk := stream.read(1 << 12):
+                out.write(chunk)
+                time.sleep(0.002)  # the dump takes a while: rows keep coming
+    finally:
+        stop.set()
+        writer.join()
+    assert "--snapshot=" in stream.command
+    counts = stream.row_counts
+    assert counts is not None and counts["public.orders"] >= 300
+    target = "snapshot counts"
+    pg_server.drop_db(target)
+    try:
+        _restore_file(engine, target, dump_file, RestoreOptions(expected_rows=counts))
+        assert engine.table_stats(target) == counts
+        # The source moved on: a count beside the dump would have missed these rows.
+        assert engine.table_stats(tricky_db)["public.orders"] > counts["public.orders"]
+    finally:
+        pg_server.drop_db(target)
+        pg_server.psql("DELETE FROM orders WHERE note = 'late'", dbname=tricky_db)
+
+
+def test_postgres_dump_options_with_their_own_snapshot_count_beside(
+    pg_server: PgServer, tricky_db: str, tmp_path: Path
+) -> None:
+    engine = _engine(pg_server, dump_options=["--serializable-deferrable"])
+    assert not engine.counts_rows_in_dump()
+    with engine.dump(tricky_db) as stream:
+        while stream.read(1 << 16):
+            pass
+    assert stream.row_counts is None and "--snapshot" not in stream.command
+
+
 def test_postgres_restored_row_counts_trust_statistics_only_when_they_agree(
     pg_server: PgServer, tricky_db: str, tmp_path: Path
 ) -> None:

@@ -28,7 +28,7 @@ import logging
 import re
 import tempfile
 import threading
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +36,7 @@ from typing import Any, Literal
 import psycopg
 from psycopg import sql
 
+from vya_backupdb.background import Background
 from vya_backupdb.config.models import InstanceConfig, PgFormat
 from vya_backupdb.engines.base import (
     DatabaseInfo,
@@ -696,16 +697,7 @@ class PostgresEngine:
 
     def _count_tables(self, db: str, known: dict[str, int]) -> dict[str, int]:
         with self._connect(db) as conn:
-            tables = conn.execute(
-                "SELECT n.nspname, c.relname FROM pg_class c "
-                "JOIN pg_namespace n ON n.oid = c.relnamespace "
-                "WHERE c.relkind IN ('r', 'p') "
-                "AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
-                "AND n.nspname !~ '^pg_(toast|temp_)' "
-                "AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = 'pg_class'::regclass "
-                "  AND e.objid = c.oid AND e.deptype = 'e') "
-                "ORDER BY 1, 2"
-            ).fetchall()
+            tables = _user_tables(conn)
             stats: dict[str, int] = {}
             # One snapshot for all counts, so the totals are consistent with each other.
             with conn.transaction():
@@ -750,28 +742,66 @@ class PostgresEngine:
                 f"({self.instance.directory_format_above_bytes})"
             )
         with self._translate_connection_errors(BackupFailed):
-            if fmt != "directory":
-                command = make_pg_dump_command(
-                    pg_dump, self.instance, self._password, db, fmt=fmt, extra=extra
-                )
-                # Custom archives: find each table's data block as it streams by, so the
-                # backup is stored in per-table frames (parallel restore reads only its own).
-                scanner = BlockScanner() if fmt == "custom" else None
-                with ToolReader(command, BackupFailed) as reader:
-                    yield DumpStream(reader, EXTENSIONS[fmt], "pg_dump", version,
-                                     command.display(), fmt, info, scanner)  # fmt: skip
-                return
-            with tempfile.TemporaryDirectory(prefix="vya-pgdir-") as tmp:
-                out = Path(tmp) / "dump"
-                command = make_pg_dump_command(
-                    pg_dump, self.instance, self._password, db, fmt=fmt,
-                    jobs=self.instance.jobs, output_dir=out, extra=extra,
-                )  # fmt: skip
-                run(command, BackupFailed, timeout=self.instance.timeout_seconds or 86400)
-                tar = find_tool(["tar"], "tar")
-                with ToolReader(make_tar_create_command(tar, out), BackupFailed) as reader:
-                    yield DumpStream(reader, "tar", "pg_dump", version, command.display(),
-                                     fmt, info)  # fmt: skip
+            # The row counts are taken in the dump's own snapshot (see _SnapshotCounter).
+            snapshot = _SnapshotCounter(self, db) if self.counts_rows_in_dump() else None
+            if snapshot is not None and snapshot.id is not None:
+                extra.append(f"--snapshot={snapshot.id}")
+            try:
+                stream = yield from self._dump_stream(db, fmt, pg_dump, version, extra, info,
+                                                      snapshot)  # fmt: skip
+            except BaseException:
+                if snapshot is not None:
+                    snapshot.abandon()
+                raise
+            if snapshot is not None:
+                stream.row_counts = snapshot.result()
+
+    def _dump_stream(
+        self,
+        db: str,
+        fmt: PgFormat,
+        pg_dump: str,
+        version: str,
+        extra: list[str],
+        info: dict[str, Any],
+        snapshot: _SnapshotCounter | None,
+    ) -> Generator[DumpStream, None, DumpStream]:
+        release = snapshot.release if snapshot is not None else (lambda: None)
+        if fmt != "directory":
+            command = make_pg_dump_command(
+                pg_dump, self.instance, self._password, db, fmt=fmt, extra=extra
+            )
+            # Custom archives: find each table's data block as it streams by, so the
+            # backup is stored in per-table frames (parallel restore reads only its own).
+            scanner = BlockScanner() if fmt == "custom" else None
+            with ToolReader(command, BackupFailed) as reader:
+                stream = DumpStream(_FirstByte(reader, release), EXTENSIONS[fmt], "pg_dump",
+                                    version, command.display(), fmt, info, scanner)  # fmt: skip
+                yield stream
+            return stream
+        with tempfile.TemporaryDirectory(prefix="vya-pgdir-") as tmp:
+            out = Path(tmp) / "dump"
+            command = make_pg_dump_command(
+                pg_dump, self.instance, self._password, db, fmt=fmt,
+                jobs=self.instance.jobs, output_dir=out, extra=extra,
+            )  # fmt: skip
+            run(command, BackupFailed, timeout=self.instance.timeout_seconds or 86400)
+            release()
+            tar = find_tool(["tar"], "tar")
+            with ToolReader(make_tar_create_command(tar, out), BackupFailed) as reader:
+                stream = DumpStream(reader, "tar", "pg_dump", version, command.display(),
+                                    fmt, info)  # fmt: skip
+                yield stream
+            return stream
+
+    def counts_rows_in_dump(self) -> bool:
+        """Whether a backup's row counts come with the dump (counted in its own snapshot)
+        rather than from ``table_stats`` beside it: unless ``dump_options`` choose a snapshot
+        or a transaction mode of their own."""
+        return not any(
+            option.startswith(("--snapshot", "--serializable-deferrable"))
+            for option in self.instance.dump_options
+        )
 
     @contextlib.contextmanager
     def _translate_connection_errors(self, error_cls: type[VyaError]) -> Iterator[None]:
@@ -1232,6 +1262,107 @@ class PostgresEngine:
                             "transaction). Exclude the offending role with --exclude-user.",
                         ) from None
         return plan.applied
+
+
+def _user_tables(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
+    """The (schema, table) of every user table and partitioned table, extensions' excluded."""
+    rows = conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relkind IN ('r', 'p') "
+        "AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+        "AND n.nspname !~ '^pg_(toast|temp_)' "
+        "AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = 'pg_class'::regclass "
+        "  AND e.objid = c.oid AND e.deptype = 'e') "
+        "ORDER BY 1, 2"
+    ).fetchall()
+    return [(str(schema), str(table)) for schema, table in rows]
+
+
+class _SnapshotCounter:
+    """Exact row counts in the snapshot a ``pg_dump --snapshot`` dumps: the counts a backup
+    records are then those of the dump itself, even while the server is being written to.
+
+    The snapshot is exported by a REPEATABLE READ transaction of ours which, once pg_dump has
+    imported it (:meth:`release`: the dump's first byte arrived, or the dump ended), counts
+    every table on a thread while the dump streams. ``id`` is None
+    when the server cannot export one (e.g. some poolers): the caller then dumps as before
+    and counts beside.
+    """
+
+    def __init__(self, engine: PostgresEngine, db: str):
+        self.id: str | None = None
+        self._released = threading.Event()
+        self._abandoned = False
+        self._stack = contextlib.ExitStack()
+        self._counts: Background[dict[str, int]] | None = None
+        try:
+            conn = self._stack.enter_context(engine._connect(db))
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            row = conn.execute("SELECT pg_export_snapshot()").fetchone()
+        except (psycopg.Error, VyaError) as exc:
+            # pg_dump then runs as before and says what is wrong (e.g. no such database).
+            log.debug("no exported snapshot for the row counts of %s: %s", db, exc)
+            self._stack.close()
+            return
+        self.id = str(row[0]) if row else None
+        if self.id is None:
+            self._stack.close()
+            return
+        self._conn = conn
+        self._counts = Background(self._count, "snapshot-row-counts")
+
+    def _count(self) -> dict[str, int]:
+        try:
+            # Only once pg_dump holds the snapshot: an error of ours (a table we may not read,
+            # a timeout) aborts our transaction, which would invalidate it for the dump.
+            self._released.wait()
+            if self._abandoned:
+                return {}
+            return {
+                f"{schema}.{table}": _count(self._conn, schema, table)
+                for schema, table in _user_tables(self._conn)
+            }
+        finally:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.execute("ROLLBACK")
+            self._stack.close()
+
+    def release(self) -> None:
+        self._released.set()
+
+    def result(self) -> dict[str, int] | None:
+        """The counts (after :meth:`release`); None when no snapshot was exported."""
+        if self._counts is None:
+            return None
+        self.release()
+        return self._counts.result()
+
+    def abandon(self) -> None:
+        """Stop without counting and wait for the thread (the dump failed)."""
+        self._abandoned = True
+        if self._counts is not None:
+            self.release()
+            with contextlib.suppress(Exception):
+                self._counts.result()
+
+
+class _FirstByte:
+    """A Readable that calls ``then`` once, when the first bytes were read."""
+
+    def __init__(self, reader: Readable, then: Callable[[], None]):
+        self._reader = reader
+        self._then: Callable[[], None] | None = then
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = self._reader.read(size)
+        if data and self._then is not None:
+            self._then()
+            self._then = None
+        return data
+
+    def __getattr__(self, name: str) -> Any:  # set_timeout, etc. of the tool reader
+        return getattr(self._reader, name)
 
 
 def _count(conn: psycopg.Connection[Any], schema: str, table: str) -> int:

@@ -402,7 +402,8 @@ class BackupJob:
         )
         # The exact row counts and the database's properties are read on their own connections
         # while the dump starts and streams (they used to delay its start).
-        # (MariaDB counts them in the dump stream itself: the snapshot's counts, no scan.)
+        # (Engines that count with the dump — MariaDB in its stream, PostgreSQL in its exported
+        # snapshot — give the dump's own counts.)
         in_stream = getattr(engine, "counts_rows_in_dump", None)
         counting = (
             None
