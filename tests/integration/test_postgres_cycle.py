@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cli_helpers import vya as _vya
@@ -76,14 +77,43 @@ def test_pg_backup_then_restore_to_new_name_is_exact(
 
 
 def test_pg_safe_restore_over_existing_swaps_and_keeps_a_safety_backup(
-    pg_server: PgServer, config: Path, source: str
+    pg_server: PgServer, config: Path, source: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert _vya(config, "backup", "pg", "--no-users")[0] == 0
     with pg_server.connect(source) as conn:
         conn.execute("CREATE TABLE added_after_backup (x int)")
+    from vya_backupdb.engines import postgresql
+
+    scanned: list[str] = []
+    checks: list[tuple[str, list[str]]] = []
+    real_count = postgresql._count
+    real_check = postgresql.PostgresEngine.restored_table_stats
+
+    def count(conn: Any, schema: str, table: str) -> int:
+        scanned.append(f"{schema}.{table}")
+        return real_count(conn, schema, table)
+
+    def restored_table_stats(self: postgresql.PostgresEngine, db: str) -> dict[str, int]:
+        scanned.clear()
+        result = real_check(self, db)
+        checks.append((db, list(scanned)))
+        return result
+
+    monkeypatch.setattr(postgresql, "_count", count)
+    monkeypatch.setattr(postgresql.PostgresEngine, "restored_table_stats", restored_table_stats)
     code, out = _vya(config, "restore", "pg", "-d", source, "--latest", "--yes")
     assert code == 0, out
     assert "safety backup" in out
+    assert "row counts match the backup" in out
+    # The row check ran on the restored copy before the swap, where the engine knows what it
+    # loaded: the tables the server saw loaded whole were not scanned again.
+    [(checked_db, counted)] = checks
+    assert "__vya_tmp_" in checked_db
+    [record] = [
+        json.loads(p.read_text()) for p in (config.parent / "backups").rglob("*_full.metadata.json")
+    ]
+    loaded = {t for t, n in record["stats"]["tables"].items() if n}
+    assert loaded and loaded.isdisjoint(counted)
     with pg_server.connect(source) as conn:
         assert conn.execute("SELECT to_regclass('added_after_backup')").fetchone()[0] is None
     # The safety backup is a listed, restorable backup that still has the added table.

@@ -296,11 +296,11 @@ class RestoreJob:
             if exists:
                 engine.drop_database(target_db)
             self._restore_into(engine, record, target_db, options)
+            counts = self._row_check(engine, record, target_db)
         else:
             if exists:
                 safety = self._safety_backup(engine, target_inst, target_db)
-            self._safe_swap(engine, record, target_db, options, exists)
-        counts = self._row_check(engine, record, target_db)
+            counts = self._safe_swap(engine, record, target_db, options, exists)
         return RestoreResult(
             record,
             target_inst.id,
@@ -392,16 +392,20 @@ class RestoreJob:
         target_db: str,
         options: RestoreOptions,
         exists: bool,
-    ) -> None:
+    ) -> dict[str, Any]:
+        """Restore into a temporary database and swap it in; return the row check (taken on
+        the temporary database, before the swap: the engine spares the tables it counted or
+        saw loaded during its restore there, which a check after the rename could not)."""
         if engine.kind == "sqlite":
             # SQLite restores write a temp file and rename it into place: already atomic.
             self._restore_into(engine, record, target_db, options)
-            return
+            return self._row_check(engine, record, target_db)
         stamp = f"{self.clock():%Y%m%d%H%M%S}"
         temp_db = _short(f"{target_db}__vya_tmp_{stamp}")
         old_db = _short(f"{target_db}__vya_old_{stamp}")
         try:
             self._restore_into(engine, record, temp_db, options)
+            counts = self._row_check(engine, record, temp_db)
         except BaseException:
             self._drop_quietly(engine, temp_db)
             raise
@@ -416,6 +420,7 @@ class RestoreJob:
             self._drop_quietly(engine, old_db)
         else:
             engine.rename_database(temp_db, target_db)
+        return counts
 
     @staticmethod
     def _drop_quietly(engine: Engine, db: str) -> None:
