@@ -824,7 +824,7 @@ class PostgresEngine:
             created = True
         try:
             self._restore_into(db, stream, options, created)
-            if created and not options.tables:
+            if created and not options.tables and options.expected_rows:
                 self._restored_expected[db] = dict(options.expected_rows)
         except BaseException:
             # A database we created for this restore is not left behind half-filled.
