@@ -103,6 +103,21 @@ def _exact_counts(server: MariadbServer, db: str) -> dict[str, int]:
     }
 
 
+def _assert_one_client_restores_exactly(
+    server: MariadbServer,
+    source: str,
+    config: Path,
+    caplog: pytest.LogCaptureFixture,
+    jobs: int,
+) -> None:
+    """``restore --jobs JOBS`` loads the script with one client, exactly."""
+    with _engine_log(caplog) as messages:
+        result = _restore(config, jobs=jobs)
+    assert not any(SECTIONS_LOG in m for m in messages)
+    assert compare_databases(server, source, server, TARGET) == []
+    assert result.row_check["ok"]
+
+
 def test_backup_counts_rows_in_the_stream_and_records_sections(
     mariadb_server: MariadbServer,
     source: str,
@@ -167,11 +182,7 @@ def test_database_with_a_sequence_is_restored_by_one_client(
     record = _backup(config, tmp_path)
     kinds = [kind for _, kind, _ in record["extra"]["sql_sections"]["units"]]
     assert kinds.count("sequence") == 1
-    with _engine_log(caplog) as messages:
-        result = _restore(config, jobs=3)
-    assert not any(SECTIONS_LOG in m for m in messages)
-    assert compare_databases(mariadb_server, source, mariadb_server, TARGET) == []
-    assert result.row_check["ok"]
+    _assert_one_client_restores_exactly(mariadb_server, source, config, caplog, jobs=3)
 
 
 def test_restore_with_one_job_reads_the_same_backup_as_one_script(
@@ -182,11 +193,7 @@ def test_restore_with_one_job_reads_the_same_backup_as_one_script(
 ) -> None:
     config = _config(tmp_path, mariadb_server, source)
     _backup(config, tmp_path)
-    with _engine_log(caplog) as messages:
-        result = _restore(config, jobs=1)
-    assert not any(SECTIONS_LOG in m for m in messages)
-    assert compare_databases(mariadb_server, source, mariadb_server, TARGET) == []
-    assert result.row_check["ok"]
+    _assert_one_client_restores_exactly(mariadb_server, source, config, caplog, jobs=1)
 
 
 def test_parallel_restore_of_backup_damaged_after_check_fails_and_keeps_target(

@@ -114,7 +114,6 @@ class ScanAhead:
     """
 
     def __init__(self, source: Readable, scanner: Scanner, chunk: int = CHUNK, depth: int = 8):
-        self._source = source
         self._scanner = scanner
         self._must_cut: Callable[[int], bool] | None = getattr(scanner, "must_cut", None)
         # (offset, unit) of every start found, appended by the reading thread before the
