@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
 import signal
@@ -75,6 +76,40 @@ def test_tool_output_is_a_socket_pair_read_to_the_end() -> None:
         while chunk := reader.read(1 << 20):
             total += len(chunk)
     assert total == 3_000_000
+
+
+def test_tool_output_read_ahead_comes_through_a_deep_pipe() -> None:
+    # A pipe of the size asked (F_SETPIPE_SZ; root may exceed pipe-max-size, others get the
+    # cap), read to the end; the exit status is still checked at EOF.
+    with ToolReader(_sh("head -c 3000000 /dev/urandom"), pipe_size=1 << 20) as reader:
+        fd = reader._stdout.fileno()
+        assert stat.S_ISFIFO(os.fstat(fd).st_mode)
+        cap = int(Path("/proc/sys/fs/pipe-max-size").read_text())
+        assert fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) == (1 << 20 if os.geteuid() == 0 else cap)
+        total = 0
+        while chunk := reader.read(1 << 20):
+            total += len(chunk)
+    assert total == 3_000_000
+    with (
+        pytest.raises(BackupFailed, match="exited with status 4"),
+        ToolReader(_sh("echo partial; exit 4"), pipe_size=1 << 20) as reader,
+    ):
+        while reader.read(100):
+            pass
+
+
+def test_a_pipe_is_not_used_for_a_stream_handed_to_another_tool() -> None:
+    with ToolReader(_sh("echo x"), direct=True, pipe_size=1 << 20) as reader:
+        assert stat.S_ISSOCK(os.fstat(reader._stdout.fileno()).st_mode)
+        assert reader.read(10) == b"x\n"
+
+
+def test_closing_a_piped_reader_early_kills_the_tool() -> None:
+    reader = ToolReader(_sh("yes"), pipe_size=1 << 20)
+    with pytest.raises(RuntimeError), reader:
+        reader.read(10)
+        raise RuntimeError("consumer failed")
+    assert reader._proc.poll() is not None
 
 
 def test_handed_off_producer_whose_consumer_stopped_early_is_not_at_fault() -> None:

@@ -61,6 +61,7 @@ from vya_backupdb.engines.mysql_stream import (
     sections_record,
 )
 from vya_backupdb.engines.process import (
+    DUMP_PIPE_SIZE,
     Command,
     Readable,
     ToolReader,
@@ -1017,7 +1018,8 @@ class MysqlEngine:
             # Sections (frames for a parallel restore) and row counts, found as it streams.
             sections = SqlDumpScanner()
             try:
-                with ToolReader(command, BackupFailed) as reader:
+                # Read ahead (DumpStream.read_ahead) through a deep pipe (see _channel).
+                with ToolReader(command, BackupFailed, pipe_size=DUMP_PIPE_SIZE) as reader:
                     scanner = BinlogScanner(reader)
                     stream = DumpStream(
                         reader=ScanningReader(
