@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from vya_backupdb.catalog.catalog import Catalog
 from vya_backupdb.config.models import CompressionConfig, InstanceConfig, Settings
 from vya_backupdb.engines.process import find_tool, prefetch_tool_version
-from vya_backupdb.errors import CredentialError, NotFoundError, ToolMissing, UsageError
+from vya_backupdb.errors import CredentialError, NotFoundError, ToolMissing, UsageError, VyaError
 from vya_backupdb.pipeline.codecs import Codec, codec_for
 from vya_backupdb.storage.local import LocalStorage
 
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from vya_backupdb.config.loader import LoadedConfig
     from vya_backupdb.config.remote import EncryptionConfig, RemoteConfig
     from vya_backupdb.engines.base import Engine
+    from vya_backupdb.engines.pg_head import HeadStart
     from vya_backupdb.jobs.store import KeyProvider
     from vya_backupdb.pipeline.encryption import EncryptionPlan, Identity
     from vya_backupdb.storage.base import Storage
@@ -59,12 +60,36 @@ def prefetch_dump_tool(instance: InstanceConfig) -> None:
             prefetch_tool_version(find_tool(names, ""))
 
 
-def make_engine(loaded: LoadedConfig, instance: InstanceConfig) -> Engine:
-    """Return the engine for a database instance; raise UsageError for files instances."""
+def start_dump_early(
+    loaded: LoadedConfig, instance: InstanceConfig, databases: tuple[str, ...]
+) -> HeadStart | None:
+    """Start, before the engine and its driver are loaded, the dump of the first database
+    named for a PostgreSQL instance (engines/pg_head.py); None when it does not apply or
+    anything is not as expected (the ordinary path then reports it). Never raises."""
+    from vya_backupdb.engines import pg_head
+
+    db = pg_head.wanted(instance, databases)
+    if db is None:
+        return None
+    try:
+        password = password_for(loaded, instance)
+    except VyaError:
+        return None
+    return pg_head.start(instance, password, db)
+
+
+def make_engine(
+    loaded: LoadedConfig, instance: InstanceConfig, head_start: HeadStart | None = None
+) -> Engine:
+    """Return the engine for a database instance; raise UsageError for files instances.
+    ``head_start``: a dump started by :func:`start_dump_early`, for the engine to adopt."""
     if instance.type == "postgresql":
         from vya_backupdb.engines.postgresql import PostgresEngine
 
-        return PostgresEngine(instance, password_for(loaded, instance))
+        engine = PostgresEngine(instance, password_for(loaded, instance))
+        if head_start is not None:
+            engine.adopt_head_start(head_start)
+        return engine
     if instance.type in ("mysql", "mariadb"):
         from vya_backupdb.engines.mysql import MysqlEngine
 

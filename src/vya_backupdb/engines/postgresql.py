@@ -54,7 +54,25 @@ from vya_backupdb.engines.pg_archive import (
     read_toc,
     render_list,
 )
+from vya_backupdb.engines.pg_commands import (
+    APP_NAME,
+    CONNECT_TIMEOUT,
+    PG_CLIENT_PACKAGE,
+    _secrets,
+    choose_dump_format,
+    chooses_snapshot,
+    conninfo_dbname,
+    libpq_env,
+    make_pg_dump_command,
+    make_pg_dumpall_globals_command,
+    make_pg_restore_command,
+    make_pg_restore_list_command,
+    make_psql_command,
+    make_tar_create_command,
+    make_tar_extract_command,
+)
 from vya_backupdb.engines.pg_compat import FilteredReader, PlainDumpFilter
+from vya_backupdb.engines.pg_head import HeadStart, Started
 from vya_backupdb.engines.process import (
     COPY_CHUNK,
     Command,
@@ -76,14 +94,7 @@ from vya_backupdb.errors import (
 
 log = logging.getLogger("vya_backupdb.engines.postgresql")
 
-PG_CLIENT_PACKAGE = "postgresql-client"
-APP_NAME = "vya-backupdb"
-CONNECT_TIMEOUT = 10
 EXTENSIONS = {"custom": "dump", "plain": "sql", "directory": "tar"}
-
-#: Session settings pinned for every restore session so that nothing in the dump is interpreted
-#: through the target server's defaults (DateStyle, IntervalStyle, float precision).
-RESTORE_PGOPTIONS = "-c datestyle=ISO,MDY -c intervalstyle=postgres -c extra_float_digits=3"
 
 #: Settings whose value is a list that pg_dump quotes element by element (GUC_LIST_QUOTE).
 _LIST_SETTINGS = frozenset(
@@ -107,142 +118,6 @@ _CONNECTION_PATTERNS = (
     "is the server running",
     "no such file or directory",
 )
-
-
-# --------------------------------------------------------------------------- argv builders
-
-
-def conninfo_dbname(db: str) -> str:
-    """Return a libpq connection string selecting database ``db`` (any characters allowed).
-
-    Passing a bare name would let a name containing ``=`` be parsed as a connection string.
-    """
-    return "dbname='" + db.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def libpq_env(instance: InstanceConfig, password: str | None) -> dict[str, str]:
-    """Return the environment that points libpq tools at ``instance`` (the password included)."""
-    env = {
-        "PGHOST": str(instance.socket) if instance.socket else instance.effective_host,
-        "PGPORT": str(instance.effective_port or 5432),
-        "PGUSER": instance.user or "postgres",
-        "PGAPPNAME": APP_NAME,
-        "PGCONNECT_TIMEOUT": str(CONNECT_TIMEOUT),
-    }
-    if password is not None:
-        env["PGPASSWORD"] = password
-    return env
-
-
-def _secrets(password: str | None) -> tuple[str, ...]:
-    return (password,) if password else ()
-
-
-def make_pg_dump_command(
-    pg_dump: str,
-    instance: InstanceConfig,
-    password: str | None,
-    db: str,
-    *,
-    fmt: str = "custom",
-    jobs: int = 1,
-    output_dir: Path | None = None,
-    extra: Sequence[str] = (),
-) -> Command:
-    """Return the pg_dump command for ``db`` in ``fmt`` (custom|plain|directory).
-
-    Custom is written uncompressed (``-Z0``): the pipeline compresses. Directory format needs
-    ``output_dir`` and honours ``jobs``.
-    """
-    argv = [pg_dump, "--no-password"]
-    if fmt == "custom":
-        argv += ["--format=custom", "--compress=0"]
-    elif fmt == "plain":
-        argv += ["--format=plain"]
-    elif fmt == "directory":
-        if output_dir is None:
-            raise ValueError("directory format needs output_dir")
-        argv += ["--format=directory", "--compress=0", f"--jobs={jobs}", f"--file={output_dir}"]
-    else:
-        raise ValueError(f"unknown pg_dump format {fmt!r}")
-    argv += [*extra, f"--dbname={conninfo_dbname(db)}"]
-    return Command(argv, libpq_env(instance, password), _secrets(password))
-
-
-def choose_dump_format(configured: PgFormat, size: int | None, threshold: int | None) -> PgFormat:
-    """Return ``directory`` when ``size`` is known and above ``threshold``, else ``configured``.
-
-    Large databases dump and restore in parallel only in directory format (pg_dump --jobs,
-    pg_restore --jobs); an unknown size keeps the configured format.
-    """
-    if threshold is not None and size is not None and size > threshold:
-        return "directory"
-    return configured
-
-
-def make_pg_restore_command(
-    pg_restore: str,
-    instance: InstanceConfig,
-    password: str | None,
-    db: str,
-    *,
-    source: Path | None = None,
-    jobs: int = 1,
-    list_file: Path | None = None,
-    owner: str | None = None,
-) -> Command:
-    """Return the pg_restore command into ``db`` (reading stdin when ``source`` is None).
-
-    ``owner`` reassigns ownership: objects are created by ``SET ROLE owner`` without the
-    dump's ``ALTER … OWNER`` statements. ``jobs > 1`` needs a ``source`` file or directory.
-    """
-    argv = [pg_restore, "--no-password", "--exit-on-error", f"--dbname={conninfo_dbname(db)}"]
-    if jobs > 1:
-        if source is None:
-            raise ValueError("a parallel restore needs a file, not stdin")
-        argv.append(f"--jobs={jobs}")
-    if list_file is not None:
-        argv.append(f"--use-list={list_file}")
-    if owner:
-        argv += ["--no-owner", f"--role={owner}"]
-    if source is not None:
-        argv.append(str(source))
-    env = libpq_env(instance, password) | {"PGOPTIONS": RESTORE_PGOPTIONS}
-    return Command(argv, env, _secrets(password))
-
-
-def make_pg_restore_list_command(pg_restore: str, source: Path) -> Command:
-    """Return ``pg_restore --list --verbose`` (TOC with dependencies) of an archive."""
-    return Command([pg_restore, "--list", "--verbose", str(source)])
-
-
-def make_psql_command(
-    psql: str, instance: InstanceConfig, password: str | None, db: str
-) -> Command:
-    """Return psql reading a script from stdin into ``db``, stopping at the first error."""
-    argv = [psql, "--no-password", "-X", "-q", "-v", "ON_ERROR_STOP=1",
-            f"--dbname={conninfo_dbname(db)}", "-f", "-"]  # fmt: skip
-    env = libpq_env(instance, password) | {"PGOPTIONS": RESTORE_PGOPTIONS}
-    return Command(argv, env, _secrets(password))
-
-
-def make_pg_dumpall_globals_command(
-    pg_dumpall: str, instance: InstanceConfig, password: str | None
-) -> Command:
-    """Return ``pg_dumpall --globals-only`` (roles, memberships, settings, tablespaces)."""
-    db = instance.database or "postgres"
-    argv = [pg_dumpall, "--no-password", "--globals-only", f"--dbname={conninfo_dbname(db)}"]
-    return Command(argv, libpq_env(instance, password), _secrets(password))
-
-
-def make_tar_create_command(tar: str, directory: Path) -> Command:
-    """Return tar writing the contents of ``directory`` to stdout."""
-    return Command([tar, "--create", "--format=posix", f"--directory={directory}", "--file=-", "."])
-
-
-def make_tar_extract_command(tar: str, directory: Path) -> Command:
-    """Return tar extracting stdin into ``directory``."""
-    return Command([tar, "--extract", "--no-same-owner", f"--directory={directory}", "--file=-"])
 
 
 # --------------------------------------------------------------------------- TOC filtering
@@ -472,6 +347,13 @@ class PostgresEngine:
         #: The rows the backup recorded, per database this engine created and restored
         #: (restored_table_stats confirms them from the server's statistics).
         self._restored_expected: dict[str, dict[str, int]] = {}
+        #: pg_dumps started before this engine existed, per database (engines/pg_head.py).
+        self._head_starts: dict[str, HeadStart] = {}
+
+    def adopt_head_start(self, head: HeadStart) -> None:
+        """Let the next :meth:`dump` of ``head.db`` take over its running pg_dump; the engine
+        then closes it (a head start never adopted is closed by whoever started it)."""
+        self._head_starts[head.db] = head
 
     # ---- connections
 
@@ -731,7 +613,14 @@ class PostgresEngine:
         raise BackupFailed (stderr tail) at exit when pg_dump failed, ConnectionFailed when it
         could not connect."""
         fmt = fmt or self.dump_format_for(db)
-        pg_dump = self._tool("pg_dump")
+        head: Started | None = None
+        early = self._head_starts.pop(db, None)
+        if early is not None:
+            if early.fmt == fmt:
+                head = early.adopt()  # None: it did not start; this dump starts its own
+            if head is None:
+                early.close()
+        pg_dump = head.command.argv[0] if head is not None else self._tool("pg_dump")
         version = _cached_tool_version(pg_dump)
         extra = list(self.instance.dump_options)
         info: dict[str, Any] = {"format": fmt}
@@ -741,14 +630,22 @@ class PostgresEngine:
                 "database larger than directory_format_above_bytes "
                 f"({self.instance.directory_format_above_bytes})"
             )
-        with self._translate_connection_errors(BackupFailed):
-            # The row counts are taken in the dump's own snapshot (see _SnapshotCounter).
-            snapshot = _SnapshotCounter(self, db) if self.counts_rows_in_dump() else None
-            if snapshot is not None and snapshot.id is not None:
+        with self._translate_connection_errors(BackupFailed), contextlib.ExitStack() as stack:
+            if head is not None:
+                assert early is not None
+                stack.callback(early.close)  # after the dump: ends the exporting transaction
+            # The row counts are taken in the dump's own snapshot (see _SnapshotCounter): one
+            # exported here, or the head start's (imported while its exporter holds it).
+            snapshot = (
+                _SnapshotCounter(self, db, head.snapshot if head is not None else None)
+                if head is not None or self.counts_rows_in_dump()
+                else None
+            )
+            if head is None and snapshot is not None and snapshot.id is not None:
                 extra.append(f"--snapshot={snapshot.id}")
             try:
                 stream = yield from self._dump_stream(db, fmt, pg_dump, version, extra, info,
-                                                      snapshot)  # fmt: skip
+                                                      snapshot, head)  # fmt: skip
             except BaseException:
                 if snapshot is not None:
                     snapshot.abandon()
@@ -765,16 +662,21 @@ class PostgresEngine:
         extra: list[str],
         info: dict[str, Any],
         snapshot: _SnapshotCounter | None,
+        head: Started | None = None,
     ) -> Generator[DumpStream, None, DumpStream]:
         release = snapshot.release if snapshot is not None else (lambda: None)
         if fmt != "directory":
-            command = make_pg_dump_command(
-                pg_dump, self.instance, self._password, db, fmt=fmt, extra=extra
-            )
+            if head is not None:
+                command, running = head.command, head.reader
+            else:
+                command = make_pg_dump_command(
+                    pg_dump, self.instance, self._password, db, fmt=fmt, extra=extra
+                )
+                running = ToolReader(command, BackupFailed)
             # Custom archives: find each table's data block as it streams by, so the
             # backup is stored in per-table frames (parallel restore reads only its own).
             scanner = BlockScanner() if fmt == "custom" else None
-            with ToolReader(command, BackupFailed) as reader:
+            with running as reader:
                 stream = DumpStream(_FirstByte(reader, release), EXTENSIONS[fmt], "pg_dump",
                                     version, command.display(), fmt, info, scanner)  # fmt: skip
                 yield stream
@@ -798,10 +700,7 @@ class PostgresEngine:
         """Whether a backup's row counts come with the dump (counted in its own snapshot)
         rather than from ``table_stats`` beside it: unless ``dump_options`` choose a snapshot
         or a transaction mode of their own."""
-        return not any(
-            option.startswith(("--snapshot", "--serializable-deferrable"))
-            for option in self.instance.dump_options
-        )
+        return not chooses_snapshot(self.instance.dump_options)
 
     @contextlib.contextmanager
     def _translate_connection_errors(self, error_cls: type[VyaError]) -> Iterator[None]:
@@ -1290,7 +1189,7 @@ class _SnapshotCounter:
     and counts beside.
     """
 
-    def __init__(self, engine: PostgresEngine, db: str):
+    def __init__(self, engine: PostgresEngine, db: str, imported: str | None = None):
         self.id: str | None = None
         self._released = threading.Event()
         self._abandoned = False
@@ -1299,10 +1198,15 @@ class _SnapshotCounter:
         try:
             conn = self._stack.enter_context(engine._connect(db))
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            row = conn.execute("SELECT pg_export_snapshot()").fetchone()
+            if imported is not None:  # a head start's pg_dump runs in this one already
+                conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(imported)))
+                row: tuple[Any, ...] | None = (imported,)
+            else:
+                row = conn.execute("SELECT pg_export_snapshot()").fetchone()
         except (psycopg.Error, VyaError) as exc:
-            # pg_dump then runs as before and says what is wrong (e.g. no such database).
-            log.debug("no exported snapshot for the row counts of %s: %s", db, exc)
+            # pg_dump then runs as before and says what is wrong (e.g. no such database);
+            # the rows are counted beside it.
+            log.debug("no snapshot for the row counts of %s: %s", db, exc)
             self._stack.close()
             return
         self.id = str(row[0]) if row else None

@@ -37,10 +37,12 @@ from vya_backupdb.wiring import (
     make_engine,
     make_storage,
     prefetch_dump_tool,
+    start_dump_early,
 )
 
 if TYPE_CHECKING:
     from vya_backupdb.config.loader import LoadedConfig
+    from vya_backupdb.engines.pg_head import HeadStart
     from vya_backupdb.pipeline.codecs import Codec
     from vya_backupdb.pipeline.encryption import EncryptionPlan
     from vya_backupdb.storage.base import Storage
@@ -210,13 +212,20 @@ class BackupJob:
         #: Progress of the automatic copies to the remotes (auto_upload), per backup.
         self.upload_progress = upload_progress
         self.clock = clock
+        #: Dumps started before their engine (closed at the end of the run, used or not).
+        self._head_starts: list[HeadStart] = []
 
     def run(self, request: BackupRequest) -> RunResult:
         run = RunResult(run_id=layout.new_run_id(self.clock()), started_at=self.clock())
         try:
             instances = resolve_instances(self.loaded, request.instances)
             workers = request.jobs or self.settings.parallel.max_workers
-            results = self._run_tasks(instances, request, max(1, workers))
+            try:
+                results = self._run_tasks(instances, request, max(1, workers))
+            finally:
+                for head in self._head_starts:
+                    head.close()  # a dump started early that never ran is stopped here
+                self._head_starts.clear()
             self._verify_results(results, request)
             run.results.extend(results)
             storage = self.settings.storage
@@ -322,10 +331,16 @@ class BackupJob:
             from vya_backupdb.jobs.files import backup_files_instance
 
             return [lambda: backup_files_instance(self, instance, request)]
+        head: HeadStart | None = None
         try:
             if not request.dry_run:
                 prefetch_dump_tool(instance)  # its --version runs while the engine is imported
-            engine = make_engine(self.loaded, instance)
+                # A named PostgreSQL database's pg_dump starts now, and runs while the driver
+                # is imported and the database listed (engines/pg_head.py).
+                head = start_dump_early(self.loaded, instance, request.databases)
+                if head is not None:
+                    self._head_starts.append(head)
+            engine = make_engine(self.loaded, instance, head)
             # Listing first: PostgreSQL's engine then knows the server's version from that
             # connection, without one more.
             databases = select_instance_databases(engine, instance, request.databases)

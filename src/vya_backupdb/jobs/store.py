@@ -9,6 +9,7 @@ writer's block, so a failed source can never be committed.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import threading
 import time
@@ -439,7 +440,9 @@ class _SharedProgress:
         self._interval = interval
         self._lock = threading.Lock()
         self._done = 0
-        self._last = 0.0
+        # Not 0.0: the monotonic clock may start near zero (a machine booted minutes ago),
+        # and the first read must be reported at once.
+        self._last = -math.inf
 
     def add(self, count: int) -> None:
         with self._lock:

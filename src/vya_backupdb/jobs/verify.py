@@ -44,6 +44,7 @@ from vya_backupdb.catalog.catalog import read_text, relative_name
 from vya_backupdb.catalog.records import FORMAT_VERSION, BackupRecord, Verification
 from vya_backupdb.config.models import InstanceConfig
 from vya_backupdb.engines.base import Engine, RestoreOptions
+from vya_backupdb.engines.pg_commands import PG_CLIENT_PACKAGE
 from vya_backupdb.engines.process import Command, Readable, feed, find_tool, run
 from vya_backupdb.errors import (
     IntegrityError,
@@ -75,7 +76,6 @@ EngineFactory = Callable[["LoadedConfig", InstanceConfig], Engine]
 #: (record, stage "integrity" | "test-restore") -> callback of the stored bytes read, or None.
 VerifyProgress = Callable[[BackupRecord, str], Callable[[int], None] | None]
 
-PG_CLIENT_PACKAGE = "postgresql-client"
 #: The last lines pg_dump / mariadb-dump write when they finished normally.
 PG_PLAIN_TRAILER = b"-- PostgreSQL database dump complete"
 MYSQL_TRAILER = b"-- Dump completed on"
