@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 from vya_backupdb.catalog.catalog import Catalog
 from vya_backupdb.config.models import CompressionConfig, InstanceConfig, Settings
 from vya_backupdb.engines.process import find_tool, prefetch_tool_version
-from vya_backupdb.errors import CredentialError, NotFoundError, ToolMissing, UsageError, VyaError
+from vya_backupdb.errors import CredentialError, NotFoundError, ToolMissing, UsageError
 from vya_backupdb.pipeline.codecs import Codec, codec_for
+from vya_backupdb.secrets.sources import password_for
 from vya_backupdb.storage.local import LocalStorage
 
 if TYPE_CHECKING:
@@ -26,18 +27,6 @@ if TYPE_CHECKING:
     from vya_backupdb.jobs.store import KeyProvider
     from vya_backupdb.pipeline.encryption import EncryptionPlan, Identity
     from vya_backupdb.storage.base import Storage
-
-
-def password_for(loaded: LoadedConfig, instance: InstanceConfig) -> str | None:
-    """Return the instance's password from its configured source (never logged)."""
-    from vya_backupdb.secrets.redaction import register_secret
-    from vya_backupdb.secrets.sources import resolve_password
-
-    config_dir = loaded.path.parent if loaded.path is not None else None
-    password = resolve_password(loaded.settings, instance, config_dir)
-    if password:
-        register_secret(password)
-    return password
 
 
 #: The tool that dumps each server type, preferred first, as the engines look it up
@@ -60,29 +49,11 @@ def prefetch_dump_tool(instance: InstanceConfig) -> None:
             prefetch_tool_version(find_tool(names, ""))
 
 
-def start_dump_early(
-    loaded: LoadedConfig, instance: InstanceConfig, databases: tuple[str, ...]
-) -> HeadStart | None:
-    """Start, before the engine and its driver are loaded, the dump of the first database
-    named for a PostgreSQL instance (engines/pg_head.py); None when it does not apply or
-    anything is not as expected (the ordinary path then reports it). Never raises."""
-    from vya_backupdb.engines import pg_head
-
-    db = pg_head.wanted(instance, databases)
-    if db is None:
-        return None
-    try:
-        password = password_for(loaded, instance)
-    except VyaError:
-        return None
-    return pg_head.start(instance, password, db)
-
-
 def make_engine(
     loaded: LoadedConfig, instance: InstanceConfig, head_start: HeadStart | None = None
 ) -> Engine:
     """Return the engine for a database instance; raise UsageError for files instances.
-    ``head_start``: a dump started by :func:`start_dump_early`, for the engine to adopt."""
+    ``head_start``: a dump started before the engine (engines/pg_head.py), for it to adopt."""
     if instance.type == "postgresql":
         from vya_backupdb.engines.postgresql import PostgresEngine
 

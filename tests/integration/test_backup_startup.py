@@ -69,8 +69,19 @@ def _backup_in_subprocess(
     )
     code = textwrap.dedent(
         f"""
-        import atexit, sys
-        atexit.register(lambda: sys.__stderr__.write("MODULES " + " ".join(sorted(sys.modules))))
+        import atexit, json, os, subprocess, sys
+        # Each process the run starts, with what was imported at that moment.
+        spawned = []
+        popen_init = subprocess.Popen.__init__
+        def probe(self, args, *a, **k):
+            spawned.append({{"argv": [str(x) for x in args], "modules": sorted(
+                m for m in ("psycopg", "pymysql", "vya_backupdb.jobs.backup") if m in sys.modules
+            )}})
+            popen_init(self, args, *a, **k)
+        subprocess.Popen.__init__ = probe
+        atexit.register(lambda: sys.__stderr__.write(
+            "SPAWNED " + json.dumps(spawned) + "\\n"
+            + "MODULES " + " ".join(sorted(sys.modules))))
         sys.argv = ["vya-backupdb", "-c", {str(config)!r}, "backup", {instance["id"]!r},
                     "-d", {database!r}, "--no-users", "--no-progress"]
         from vya_backupdb.cli.app import main
@@ -82,8 +93,11 @@ def _backup_in_subprocess(
     )
     assert done.returncode == 0, done.stderr
     modules = set(done.stderr.rsplit("MODULES ", 1)[1].split())
+    spawned = json.loads(done.stderr.rsplit("SPAWNED ", 1)[1].split("\n", 1)[0])
     [record] = (tmp_path / "store").rglob("*.metadata.json")
-    return modules, json.loads(record.read_text(encoding="utf-8"))
+    record = json.loads(record.read_text(encoding="utf-8"))
+    record["test_spawned"] = spawned
+    return modules, record
 
 
 @pytest.fixture
@@ -144,6 +158,26 @@ def test_pg_backup_run_loads_no_module_it_does_not_need(
     assert [p for p in unneeded if _loaded(modules, p)] == []
     assert record["extra"]["database_properties"]["name"] == pg_database
     assert record["backup_info"]["tool_version"].startswith("pg_dump (PostgreSQL)")
+    assert record["stats"]["tables"] == {"public.t": 500}
+
+
+@pytest.mark.postgres
+def test_pg_backup_of_a_named_database_starts_pg_dump_before_the_job_and_driver_load(
+    tmp_path: Path, pg_server: PgServer, pg_database: str
+) -> None:
+    """The head start (engines/pg_head.py) from the command line: psql exports a snapshot
+    and pg_dump starts in it before the backup job's modules and psycopg are imported; the
+    backup records that dump, and its row counts are exact."""
+    _, record = _backup_in_subprocess(tmp_path, pg_server.instance_config("pg"), pg_database)
+
+    dumps = [s for s in record["test_spawned"] if "--format=custom" in s["argv"]]
+    assert len(dumps) == 1  # adopted: the job did not start a second pg_dump
+    [snapshot] = [a for a in dumps[0]["argv"] if a.startswith("--snapshot=")]
+    assert dumps[0]["modules"] == []
+    exporters = [s for s in record["test_spawned"] if s["argv"][0].endswith("psql")]
+    assert len(exporters) == 1 and exporters[0]["modules"] == []
+    assert pg_server.password not in json.dumps(record["test_spawned"])
+    assert snapshot in record["backup_info"]["dump_command"]
     assert record["stats"]["tables"] == {"public.t": 500}
 
 

@@ -74,6 +74,9 @@ def test_wanted_only_for_a_named_database_whose_format_is_known(pg_server: PgSer
     assert pg_head.wanted(_instance(pg_server, format="directory"), ("a",)) is None
     own = _instance(pg_server, dump_options=["--serializable-deferrable"])
     assert pg_head.wanted(own, ("a",)) is None
+    # The engine resolves the password again: a command is not asked twice.
+    command = _instance(pg_server, password_env=None, password_command="echo secret")
+    assert pg_head.wanted(command, ("a",)) is None
 
 
 def test_export_command_keeps_the_password_out_of_argv(pg_server: PgServer) -> None:

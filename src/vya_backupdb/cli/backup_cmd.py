@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from vya_backupdb.cli.context import get_app, handle_errors, render_error
 from vya_backupdb.cli.render import human_bytes, human_seconds, plain_json
-from vya_backupdb.errors import StorageError
+from vya_backupdb.errors import StorageError, VyaError
+
+if TYPE_CHECKING:
+    from vya_backupdb.config.loader import LoadedConfig
+    from vya_backupdb.engines.pg_head import HeadStart
 
 
 def backup(
@@ -57,33 +61,42 @@ def backup(
     error if they all failed the same way (e.g. 4 connection), else 6; 9 when every backup
     succeeded but an automatic upload to a remote (auto_upload) failed.
     """
-    from vya_backupdb.jobs.backup import BackupJob, BackupRequest
-
     app = get_app(ctx)
-    loaded = app.loaded()
+    loaded = app.loaded(logging=False)
     if database and len(instances or []) != 1:
         from vya_backupdb.errors import UsageError
 
         raise UsageError("--database needs exactly one instance", hint="e.g. backup pg01 -d app")
-    request = BackupRequest(
-        instances=() if all_ else tuple(instances or ()),
-        databases=tuple(database or ()),
-        dry_run=dry_run,
-        users=False if no_users else None,
-        strategy=strategy,
-        verify=verify,
-        jobs=jobs,
-    )
-    from vya_backupdb.cli.progress import display_for, showing
+    # A named PostgreSQL database's dump starts before logging (rich), the backup job's
+    # modules and the driver are set up: they load while pg_dump runs (engines/pg_head.py).
+    head = _start_dump_early(loaded, instances, database, dry_run)
+    try:
+        app.setup_logging()
+        from vya_backupdb.jobs.backup import BackupJob, BackupRequest
 
-    display = display_for(app, enabled=not no_progress, interval=progress_interval)
-    with showing(display):
-        job = BackupJob(
-            loaded,
-            progress=display.backup_factory(),
-            upload_progress=display.transfer_factory("upload"),
+        request = BackupRequest(
+            instances=() if all_ else tuple(instances or ()),
+            databases=tuple(database or ()),
+            dry_run=dry_run,
+            users=False if no_users else None,
+            strategy=strategy,
+            verify=verify,
+            jobs=jobs,
         )
-        run = job.run(request)
+        from vya_backupdb.cli.progress import display_for, showing
+
+        display = display_for(app, enabled=not no_progress, interval=progress_interval)
+        with showing(display):
+            job = BackupJob(
+                loaded,
+                progress=display.backup_factory(),
+                upload_progress=display.transfer_factory("upload"),
+                head_starts=[head] if head is not None else [],
+            )
+            run = job.run(request)
+    finally:
+        if head is not None:
+            head.close()  # the run closed it already, unless it never ran
     if json_out:
         typer.echo(plain_json(run.as_dict()))
     else:
@@ -102,6 +115,20 @@ def backup(
         )
     if run.exit_code:
         raise typer.Exit(run.exit_code)
+
+
+def _start_dump_early(
+    loaded: LoadedConfig, instances: list[str] | None, database: list[str] | None, dry_run: bool
+) -> HeadStart | None:
+    if dry_run or not database or not instances or len(instances) != 1:
+        return None
+    from vya_backupdb.engines import pg_head
+
+    try:
+        instance = loaded.settings.instance(instances[0])
+    except VyaError:
+        return None  # the job reports the unknown instance
+    return pg_head.start_named(loaded, instance, tuple(database))
 
 
 def _render(console, run, dry_run: bool) -> None:  # type: ignore[no-untyped-def]

@@ -48,12 +48,15 @@ class AppContext:
 
         return Console(stderr=True, highlight=False, soft_wrap=True)
 
-    def loaded(self) -> LoadedConfig:
-        """Return the validated configuration; raise ConfigError when it is missing or bad."""
+    def loaded(self, *, logging: bool = True) -> LoadedConfig:
+        """Return the validated configuration; raise ConfigError when it is missing or bad.
+        Logging is set up from it too, unless ``logging`` is False (the caller then calls
+        :meth:`setup_logging` itself, a moment later)."""
         if self._loaded is None:
             from vya_backupdb.config.loader import load_settings
 
             self._loaded = load_settings(self.config_path, self.env)
+        if logging:
             self.setup_logging()
         return self._loaded
 

@@ -3,13 +3,15 @@
 A backup's fixed cost is its start-up. Before this, pg_dump started only once the driver was
 loaded (psycopg: ~0.1 s to import), the database listed and a snapshot exported — ~0.35 s
 after the command began — and then spent another ~0.08 s on its catalog queries before its
-first byte. For a database named on the command line (``backup pg -d app``) the backup job
-now starts pg_dump right after reading the config: ``psql`` (a separate process, ~20 ms, on
-the other core) opens a REPEATABLE READ transaction and exports its snapshot, pg_dump is
-started in that snapshot, and the driver loads and the database is listed *while* pg_dump
-runs. The engine's dump then adopts the running pg_dump (``PostgresEngine.dump``) and its row
-counts import the same snapshot (``SET TRANSACTION SNAPSHOT``): they are the dump's own, as
-when the engine exports the snapshot itself.
+first byte. For a database named on the command line (``backup pg -d app``) the backup
+command now starts pg_dump right after reading the config, before the backup job's modules
+are imported (``BackupJob`` does the same for callers that did not): ``psql`` (a separate
+process, ~20 ms, on the other core) opens a REPEATABLE READ transaction and exports its
+snapshot, pg_dump is started in that snapshot, and the job's modules and the driver load
+and the database is listed *while* pg_dump runs. The engine's dump then adopts the running
+pg_dump (``PostgresEngine.dump``) and its row counts import the same snapshot (``SET
+TRANSACTION SNAPSHOT``): they are the dump's own, as when the engine exports the snapshot
+itself.
 
 Anything unexpected — psql missing, the server or database not reachable, no snapshot — gives
 no head start: the ordinary path runs and reports the problem as it always did. The password
@@ -25,6 +27,7 @@ import selectors
 import subprocess
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from vya_backupdb.background import Background
 from vya_backupdb.config.models import InstanceConfig
@@ -37,6 +40,10 @@ from vya_backupdb.engines.pg_commands import (
 )
 from vya_backupdb.engines.process import Command, ToolReader, find_tool
 from vya_backupdb.errors import BackupFailed, VyaError
+from vya_backupdb.secrets.sources import password_for
+
+if TYPE_CHECKING:
+    from vya_backupdb.config.loader import LoadedConfig
 
 log = logging.getLogger("vya_backupdb.engines.pg_head")
 
@@ -59,6 +66,7 @@ class HeadStart:
     (its transaction stays open until :meth:`close`), then pg_dump starts in it."""
 
     def __init__(self, exporter: subprocess.Popen[bytes], dump: DumpArgs):
+        self.instance_id = dump.instance.id
         self.db = dump.db
         self.fmt = dump.fmt
         self._exporter = exporter
@@ -124,10 +132,30 @@ def make_export_command(
     return Command(argv, libpq_env(instance, password), (password,) if password else ())
 
 
+def start_named(
+    loaded: LoadedConfig, instance: InstanceConfig, databases: tuple[str, ...]
+) -> HeadStart | None:
+    """Give the first of ``databases`` named for ``instance`` a head start when it applies
+    (:func:`wanted`); None otherwise, or when anything is not as expected (the ordinary path
+    then reports it). Never raises."""
+    db = wanted(instance, databases)
+    if db is None:
+        return None
+    try:
+        password = password_for(loaded, instance)
+    except VyaError:
+        return None
+    return start(instance, password, db)
+
+
 def wanted(instance: InstanceConfig, databases: tuple[str, ...]) -> str | None:
     """Return the database to give a head start to, or None: the first one named, when its
-    format is known without asking the server and no ``dump_options`` choose a snapshot."""
+    format is known without asking the server, no ``dump_options`` choose a snapshot and
+    the password does not come from a ``password_command`` (the engine runs it again; a
+    command may not give the same answer twice, e.g. one-time tokens)."""
     if instance.type != "postgresql" or not databases:
+        return None
+    if instance.password_command is not None:
         return None
     if instance.directory_format_above_bytes is not None or instance.format == "directory":
         return None  # the format depends on the database's size / needs a directory

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,7 +37,6 @@ from vya_backupdb.wiring import (
     make_engine,
     make_storage,
     prefetch_dump_tool,
-    start_dump_early,
 )
 
 if TYPE_CHECKING:
@@ -203,7 +202,10 @@ class BackupJob:
         progress: ProgressFactory | None = None,
         upload_progress: Callable[[BackupRecord], Callable[[int], None] | None] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        head_starts: Sequence[HeadStart] = (),
     ):
+        """``head_starts``: dumps the caller started already (engines/pg_head.py); the run
+        adopts those of its databases and closes them all, used or not."""
         self.loaded = loaded
         self.settings = loaded.settings
         self.storage = storage or make_storage(self.settings)
@@ -213,7 +215,7 @@ class BackupJob:
         self.upload_progress = upload_progress
         self.clock = clock
         #: Dumps started before their engine (closed at the end of the run, used or not).
-        self._head_starts: list[HeadStart] = []
+        self._head_starts: list[HeadStart] = list(head_starts)
 
     def run(self, request: BackupRequest) -> RunResult:
         run = RunResult(run_id=layout.new_run_id(self.clock()), started_at=self.clock())
@@ -334,12 +336,10 @@ class BackupJob:
         head: HeadStart | None = None
         try:
             if not request.dry_run:
+                # A named PostgreSQL database's pg_dump starts now (unless the caller started
+                # it), and runs while the driver is imported and the database listed.
+                head = self._head_start(instance, request.databases)
                 prefetch_dump_tool(instance)  # its --version runs while the engine is imported
-                # A named PostgreSQL database's pg_dump starts now, and runs while the driver
-                # is imported and the database listed (engines/pg_head.py).
-                head = start_dump_early(self.loaded, instance, request.databases)
-                if head is not None:
-                    self._head_starts.append(head)
             engine = make_engine(self.loaded, instance, head)
             # Listing first: PostgreSQL's engine then knows the server's version from that
             # connection, without one more.
@@ -371,6 +371,18 @@ class BackupJob:
         if users:
             work.append(functools.partial(self.backup_users, engine, server, instance))
         return work
+
+    def _head_start(self, instance: InstanceConfig, databases: tuple[str, ...]) -> HeadStart | None:
+        """Return the head start given for ``instance``, or start one (engines/pg_head.py)."""
+        from vya_backupdb.engines import pg_head
+
+        given = [head for head in self._head_starts if head.instance_id == instance.id]
+        if given:
+            return given[0]
+        started = pg_head.start_named(self.loaded, instance, databases)
+        if started is not None:
+            self._head_starts.append(started)
+        return started
 
     def backup_instance(
         self, instance: InstanceConfig, request: BackupRequest

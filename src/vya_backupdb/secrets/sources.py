@@ -15,12 +15,16 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vya_backupdb.config.models import InstanceConfig, Settings
 from vya_backupdb.engines.process import Command, run
 from vya_backupdb.errors import CredentialError, ToolMissing
 from vya_backupdb.secrets.redaction import register_secret
 from vya_backupdb.secrets.store import decrypt_value, load_master_key, open_store
+
+if TYPE_CHECKING:
+    from vya_backupdb.config.loader import LoadedConfig
 
 log = logging.getLogger("vya_backupdb.secrets")
 
@@ -46,6 +50,16 @@ def describe_source(instance: InstanceConfig) -> str:
     if instance.password_command is not None:
         return "password_command"
     return f"credential store entry {instance.credential_name!r}"
+
+
+def password_for(loaded: LoadedConfig, instance: InstanceConfig) -> str | None:
+    """Return the instance's password from its configured source (never logged), as
+    :func:`resolve_password` with the config's own directory for relative files."""
+    config_dir = loaded.path.parent if loaded.path is not None else None
+    password = resolve_password(loaded.settings, instance, config_dir)
+    if password:
+        register_secret(password)
+    return password
 
 
 def resolve_password(
