@@ -147,3 +147,34 @@ def test_block_scanner_gives_up_quietly_on_what_it_cannot_index() -> None:
     assert not scanner.complete
     _, scanner = _scan(b"-- plain SQL\n" * 100, 4096)
     assert not scanner.complete
+
+
+@pytest.mark.parametrize("anchors_every", [None, 7, 300, 5000])
+def test_block_scanner_find_agrees_with_bytes_find(anchors_every: int | None) -> None:
+    """The type-byte (memchr) search returns exactly what ``bytes.find`` of the whole pattern
+    does: where the type byte is rare, and where it is in every other chunk header (then it
+    falls back after a few misses)."""
+    import random
+
+    rng = random.Random(anchors_every)
+    scanner = BlockScanner()
+    scanner._expected.append((300, 1))
+    scanner._arm()
+    pattern = scanner._pattern
+    text = bytearray(rng.choice(b"abc \t\n0123456789") for _ in range(200_000))
+    if anchors_every:
+        for i in range(0, len(text), anchors_every):
+            text[i] = 1  # the type byte where no block starts (e.g. a row length's byte)
+    # Matches, near-misses (the pattern with one byte changed) and a match at the very end.
+    for where in rng.sample(range(0, len(text) - 20), 40):
+        piece = bytearray(pattern)
+        if rng.random() < 0.5:
+            piece[rng.randrange(len(piece))] ^= 0x40
+        text[where : where + len(piece)] = piece
+    window = bytes(text) + pattern
+    for start in [0, 1, *rng.sample(range(len(window)), 200), len(window) - 3]:
+        assert scanner._find(window, start) == window.find(pattern, start), start
+    # Blocks of blobs (type 3) are searched whole.
+    scanner._expected[0] = (301, 3)
+    scanner._arm()
+    assert scanner._find(window + scanner._pattern, 0) == len(window)

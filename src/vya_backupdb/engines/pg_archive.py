@@ -259,6 +259,9 @@ def render_list(dump_ids: Iterable[int]) -> str:
 # -- data block offsets, found while the dump streams by ------------------------------------
 #: Block types of pg_backup_archiver.h: table data and large objects.
 _BLK_DATA, _BLK_BLOBS = 1, 3
+_DATA_ANCHOR = bytes([_BLK_DATA])
+#: Misses of the type byte before BlockScanner._find hands the rest of a window to bytes.find.
+_ANCHOR_PROBES = 32
 
 
 class BlockScanner:
@@ -379,7 +382,7 @@ class BlockScanner:
         """Find the expected blocks in ``window`` (which starts at offset ``base``) from
         ``position`` on, in order; return the position after the last one found."""
         while self._expected:
-            hit = window.find(self._pattern, position)
+            hit = self._find(window, position)
             if hit < 0:
                 break
             dump_id, _ = self._expected.popleft()
@@ -388,3 +391,29 @@ class BlockScanner:
             position = start
             self._arm()
         return position
+
+    def _find(self, window: bytes, start: int) -> int:
+        """Return ``window.find(self._pattern, start)``, faster on table data.
+
+        ``bytes.find`` of the 11-byte pattern runs at ~0.3 s per GiB here (measured on the
+        benchmark's dump: every row's chunk header holds NUL bytes, the pattern's most common
+        byte). The pattern's type byte of a table's block (``_BLK_DATA``, 0x01) is rare in
+        COPY text — 174 times in 783 MB — so its occurrences are found with ``memchr`` (one
+        byte: ~0.03 s per GiB) and each is checked in place. Where it is not rare (rows of
+        256-511 bytes put it in every chunk header) the search falls back to ``bytes.find``
+        after :data:`_ANCHOR_PROBES` misses: never much slower than that alone."""
+        pattern = self._pattern
+        type_at = 1 + self._int_size  # after the end marker (a zero int: sign byte + bytes)
+        if pattern[type_at] != _BLK_DATA:
+            return window.find(pattern, start)
+        at = window.find(_DATA_ANCHOR, start + type_at)
+        misses = 0
+        while at >= 0:
+            if window.startswith(pattern, at - type_at):
+                return at - type_at
+            misses += 1
+            if misses > _ANCHOR_PROBES:
+                # Every match whose type byte lies at or before ``at`` was checked.
+                return window.find(pattern, at - type_at + 1)
+            at = window.find(_DATA_ANCHOR, at + 1)
+        return -1
