@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from vya_backupdb.cli.context import get_app, handle_errors
 from vya_backupdb.cli.render import human_bytes, human_seconds, plain_json
@@ -72,6 +71,8 @@ def restore(
         if json_out:
             typer.echo(plain_json([r.model_dump(mode="json") for r in records]))
             return
+        from rich.table import Table
+
         table = Table(title="Restore points")
         for column in ("instance", "database", "started (UTC)", "size", "file"):
             table.add_column(column)
