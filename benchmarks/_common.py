@@ -36,7 +36,7 @@ def _report():
         handle.write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
 atexit.register(_report)
 sys.argv = ["vya-backupdb", *sys.argv[2:]]
-from vya_backupdb.cli.app import main
+from vya_backupdb.cli.entry import main
 main()
 """
 

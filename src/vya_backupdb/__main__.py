@@ -1,5 +1,5 @@
 """`python -m vya_backupdb` runs the CLI."""
 
-from vya_backupdb.cli.app import main
+from vya_backupdb.cli.entry import main
 
 main()

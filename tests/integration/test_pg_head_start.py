@@ -167,3 +167,50 @@ def test_head_start_that_cannot_start_gives_way_to_the_ordinary_path(
     assert head.adopt() is None  # psql could not export a snapshot: nothing was started
     head.close()
     assert head._exporter.poll() is not None
+
+
+def _early_config(tmp_path: Path, server: PgServer) -> Path:
+    import json
+
+    config = tmp_path / "config.json"
+    config.write_text(
+        json.dumps(
+            {
+                "hostname": "h",
+                "storage": {"base_path": str(tmp_path / "store")},
+                "instances": [server.instance_config("pg-head")],
+            }
+        ),
+        encoding="utf-8",
+    )
+    return config
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_console_script_head_start_is_taken_only_by_the_same_backup(
+    pg_server: PgServer, busy_db: str, tmp_path: Path, same: bool
+) -> None:
+    """cli/early.py starts the dump before Typer loads; the backup command takes it only for
+    the same config, instance and databases — any other is stopped, leaving no session."""
+    import os
+
+    from vya_backupdb.cli import early
+    from vya_backupdb.config.loader import load_settings
+
+    config = _early_config(tmp_path, pg_server)  # (sets the instance's password variable)
+    environ = dict(os.environ)
+    early.start(["-c", str(config), "backup", "pg-head", "-d", busy_db], environ)
+    started = early._started
+    assert started is not None
+    loaded = load_settings(config, None, environ)
+    head = early.take(loaded, "pg-head", [busy_db] if same else [busy_db, "other"])
+    assert early._started is None  # taken or closed: never twice
+    if same:
+        assert head is started.head
+        assert head.adopt() is not None
+        head.close()
+    else:
+        assert head is None
+        assert started.head._exporter.poll() is not None
+    assert _wait_no_sessions(pg_server, busy_db) == 0
+    early.close()  # nothing left: a no-op

@@ -216,3 +216,7 @@ def main() -> None:
         sys.exit(130)
     except SystemExit as done:  # Typer always ends with SystemExit
         _exit(done.code)
+    finally:
+        from vya_backupdb.cli import early
+
+        early.close()  # a head start the command never took (e.g. a usage error)

@@ -120,8 +120,15 @@ def backup(
 def _start_dump_early(
     loaded: LoadedConfig, instances: list[str] | None, database: list[str] | None, dry_run: bool
 ) -> HeadStart | None:
+    from vya_backupdb.cli import early
+
     if dry_run or not database or not instances or len(instances) != 1:
+        early.close()
         return None
+    # Started by the console script before Typer loaded, for this very command line.
+    head = early.take(loaded, instances[0], database)
+    if head is not None:
+        return head
     from vya_backupdb.engines import pg_head
 
     try:

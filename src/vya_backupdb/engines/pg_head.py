@@ -3,15 +3,15 @@
 A backup's fixed cost is its start-up. Before this, pg_dump started only once the driver was
 loaded (psycopg: ~0.1 s to import), the database listed and a snapshot exported — ~0.35 s
 after the command began — and then spent another ~0.08 s on its catalog queries before its
-first byte. For a database named on the command line (``backup pg -d app``) the backup
-command now starts pg_dump right after reading the config, before the backup job's modules
-are imported (``BackupJob`` does the same for callers that did not): ``psql`` (a separate
-process, ~20 ms, on the other core) opens a REPEATABLE READ transaction and exports its
-snapshot, pg_dump is started in that snapshot, and the job's modules and the driver load
-and the database is listed *while* pg_dump runs. The engine's dump then adopts the running
-pg_dump (``PostgresEngine.dump``) and its row counts import the same snapshot (``SET
-TRANSACTION SNAPSHOT``): they are the dump's own, as when the engine exports the snapshot
-itself.
+first byte. For a database named on the command line (``backup pg -d app``) the console
+script now starts pg_dump right after reading the config, before Typer is even imported
+(cli/early.py; the backup command and ``BackupJob`` do the same for callers that did not):
+``psql`` (a separate process, ~20 ms, on the other core) opens a REPEATABLE READ transaction
+and exports its snapshot, pg_dump is started in that snapshot, and the job's modules and the
+driver load and the database is listed *while* pg_dump runs. The engine's dump then adopts
+the running pg_dump (``PostgresEngine.dump``) and its row counts import the same snapshot
+(``SET TRANSACTION SNAPSHOT``): they are the dump's own, as when the engine exports the
+snapshot itself.
 
 Anything unexpected — psql missing, the server or database not reachable, no snapshot — gives
 no head start: the ordinary path runs and reports the problem as it always did. The password
