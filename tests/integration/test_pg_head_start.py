@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_helpers import write_config
 
 from harness.postgres import PgServer
 from vya_backupdb.config.models import InstanceConfig
@@ -169,23 +170,6 @@ def test_head_start_that_cannot_start_gives_way_to_the_ordinary_path(
     assert head._exporter.poll() is not None
 
 
-def _early_config(tmp_path: Path, server: PgServer) -> Path:
-    import json
-
-    config = tmp_path / "config.json"
-    config.write_text(
-        json.dumps(
-            {
-                "hostname": "h",
-                "storage": {"base_path": str(tmp_path / "store")},
-                "instances": [server.instance_config("pg-head")],
-            }
-        ),
-        encoding="utf-8",
-    )
-    return config
-
-
 @pytest.mark.parametrize("same", [True, False])
 def test_console_script_head_start_is_taken_only_by_the_same_backup(
     pg_server: PgServer, busy_db: str, tmp_path: Path, same: bool
@@ -197,7 +181,8 @@ def test_console_script_head_start_is_taken_only_by_the_same_backup(
     from vya_backupdb.cli import early
     from vya_backupdb.config.loader import load_settings
 
-    config = _early_config(tmp_path, pg_server)  # (sets the instance's password variable)
+    # (instance_config sets the instance's password variable)
+    config = write_config(tmp_path, [pg_server.instance_config("pg-head")])
     environ = dict(os.environ)
     early.start(["-c", str(config), "backup", "pg-head", "-d", busy_db], environ)
     started = early._started

@@ -73,3 +73,34 @@ def test_plain_backup_command_lines_are_recognised(argv: list[str], expected: Pa
 )
 def test_anything_else_gets_no_head_start(argv: list[str]) -> None:
     assert parse(argv) is None
+
+
+def test_config_loaded_early_is_reused_once_for_the_same_file_and_overlay(
+    tmp_path: Path,
+) -> None:
+    """A backup named with -d of an instance that gets no head start (here SQLite) does not
+    validate its config twice; any other file or overlay loads its own."""
+    import json
+
+    from vya_backupdb.cli import early
+
+    config = tmp_path / "config.json"
+    config.write_text(
+        json.dumps(
+            {
+                "hostname": "h",
+                "storage": {"base_path": str(tmp_path / "store")},
+                "instances": [{"id": "lite", "type": "sqlite", "paths": [f"{tmp_path}/*.db"]}],
+            }
+        ),
+        encoding="utf-8",
+    )
+    early.start(["-c", str(config), "backup", "lite", "-d", "shop.db"], {})
+    assert early._started is None  # SQLite: nothing to start early
+    assert early.loaded_config(config, "prod") is None  # another overlay: not this one
+    early.start(["-c", str(config), "backup", "lite", "-d", "shop.db"], {})
+    loaded = early.loaded_config(config, None)
+    assert loaded is not None and loaded.settings.instance("lite").type == "sqlite"
+    assert early.loaded_config(config, None) is None  # once
+    early.start(["-c", str(tmp_path / "missing.json"), "backup", "lite", "-d", "x"], {})
+    assert early.loaded_config(tmp_path / "missing.json", None) is None  # the command reports

@@ -53,9 +53,12 @@ class AppContext:
         Logging is set up from it too, unless ``logging`` is False (the caller then calls
         :meth:`setup_logging` itself, a moment later)."""
         if self._loaded is None:
+            from vya_backupdb.cli import early
             from vya_backupdb.config.loader import load_settings
 
-            self._loaded = load_settings(self.config_path, self.env)
+            self._loaded = early.loaded_config(self.config_path, self.env) or load_settings(
+                self.config_path, self.env
+            )
         if logging:
             self.setup_logging()
         return self._loaded

@@ -54,6 +54,8 @@ class _Early:
 
 
 _started: _Early | None = None
+#: The configuration :func:`start` loaded, for the command to use rather than load it again.
+_loaded: tuple[Parsed, LoadedConfig] | None = None
 
 
 def parse(argv: Sequence[str]) -> Parsed | None:
@@ -111,7 +113,7 @@ def parse(argv: Sequence[str]) -> Parsed | None:
 def start(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> None:
     """Start the head start of a plain backup command line (see the module docstring).
     Never raises: any problem leaves it to the command, which reports it."""
-    global _started
+    global _started, _loaded
     parsed = parse(argv)
     if parsed is None or any(k.startswith("_") and k.endswith("_COMPLETE") for k in environ):
         return
@@ -120,12 +122,24 @@ def start(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> None:
         from vya_backupdb.engines import pg_head
 
         loaded = load_settings(parsed.config, parsed.env, environ)
+        _loaded = (parsed, loaded)
         instance = loaded.settings.instance(parsed.instance)
         head = pg_head.start_named(loaded, instance, parsed.databases)
     except (VyaError, OSError):  # the command reports every problem itself
         return
     if head is not None:
         _started = _Early(parsed, loaded, head)
+
+
+def loaded_config(config: Path | None, env: str | None) -> LoadedConfig | None:
+    """Return the configuration :func:`start` loaded when the command asks for the same file
+    and overlay (once; None otherwise): a backup of a MariaDB, SQLite or files instance named
+    with ``-d`` does not validate its config twice."""
+    global _loaded
+    early, _loaded = _loaded, None
+    if early is None or (early[0].config, early[0].env) != (config, env):
+        return None
+    return early[1]
 
 
 def take(loaded: LoadedConfig, instance: str, databases: Sequence[str]) -> HeadStart | None:
@@ -150,8 +164,8 @@ def take(loaded: LoadedConfig, instance: str, databases: Sequence[str]) -> HeadS
 
 def close() -> None:
     """Stop a head start nothing took (the command failed before it got there)."""
-    global _started
-    early, _started = _started, None
+    global _started, _loaded
+    early, _started, _loaded = _started, None, None
     if early is not None:
         early.head.close()
 
