@@ -235,3 +235,46 @@ def test_pg_backup_of_missing_database_lists_the_others(
     assert done.returncode == 2
     assert "database 'vya_startup_missing' does not exist on instance 'pg'" in done.stderr
     assert pg_database in done.stderr  # the hint lists the databases that exist
+
+
+@pytest.mark.postgres
+def test_pg_backup_usage_error_after_the_head_start_leaves_no_session(
+    tmp_path: Path, pg_server: PgServer, pg_database: str
+) -> None:
+    """The console script starts the dump before Typer parses the line (cli/early.py); a line
+    Typer then rejects exits 2 and stops that dump: no psql or pg_dump session is left."""
+    import time
+
+    config = tmp_path / "config.json"
+    config.write_text(
+        json.dumps(
+            {
+                "hostname": "h",
+                "storage": {"base_path": str(tmp_path / "store")},
+                "instances": [pg_server.instance_config("pg")],
+            }
+        ),
+        encoding="utf-8",
+    )
+    argv = ["-c", str(config), "backup", "pg", "-d", pg_database, "--jobs", "many"]
+    done = subprocess.run(
+        [sys.executable, "-m", "vya_backupdb", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert done.returncode == 2, done.stderr
+    assert "--jobs" in done.stderr
+    deadline = time.monotonic() + 10
+    with pg_server.connect() as conn:
+        while True:
+            [(left,)] = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (pg_database,)
+            ).fetchall()
+            if not left or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+    assert left == 0
+    assert not (tmp_path / "store").exists() or not list((tmp_path / "store").rglob("*.dump*"))

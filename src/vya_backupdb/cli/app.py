@@ -210,13 +210,14 @@ def main() -> None:
     module = command_module(sys.argv[1:])
     application = build_app((module,)) if module is not None else build_app()
     try:
-        application()
+        try:
+            application()
+        finally:
+            from vya_backupdb.cli import early
+
+            early.close()  # a head start the command never took (e.g. a usage error)
     except KeyboardInterrupt:  # pragma: no cover - interactive only
         sys.stderr.write("interrupted\n")
         sys.exit(130)
     except SystemExit as done:  # Typer always ends with SystemExit
         _exit(done.code)
-    finally:
-        from vya_backupdb.cli import early
-
-        early.close()  # a head start the command never took (e.g. a usage error)
