@@ -232,3 +232,31 @@ def test_a_source_failing_while_read_ahead_fails_the_consumer_and_stops_the_thre
     ahead.close()
     assert read == RAW[:3000]
     assert not ahead._ahead._thread.is_alive()
+
+
+def test_reading_ahead_hands_a_late_unit_over_with_the_chunk_it_was_reported_in() -> None:
+    """A scanner may report a unit after its offset went by (BlockScanner: the first block,
+    once the TOC parsed). Read directly, it comes with the chunk it was reported in; read
+    ahead, it must too — not earlier, when the reading thread happens to be ahead."""
+    import time
+
+    class Late:
+        complete = True
+
+        def __init__(self) -> None:
+            self.fed = 0
+
+        def feed(self, data: bytes) -> list[tuple[int, int]]:
+            self.fed += 1
+            return [(10, 7)] if self.fed == 5 else []
+
+    ahead = ScanAhead(io.BytesIO(bytes(range(256)) * 40), Late(), chunk=1000, depth=8)
+    handed: list[list[tuple[int, int]]] = []
+    try:
+        time.sleep(0.2)  # the reading thread is 8 chunks ahead before the first read
+        while data := ahead.read(1000):
+            handed.append(ahead.feed(data))
+    finally:
+        ahead.close()
+    assert [i for i, marks in enumerate(handed) if marks] == [4]
+    assert handed[4] == [(10, 7)]

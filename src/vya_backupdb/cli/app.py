@@ -24,6 +24,7 @@ from typing import Annotated
 import typer
 
 from vya_backupdb.cli.context import AppContext
+from vya_backupdb.cli.early import GLOBAL_FLAG_OPTIONS, GLOBAL_VALUE_OPTIONS
 from vya_backupdb.errors import exit_code_table
 
 #: The command modules, in the order ``--help`` lists their commands.
@@ -72,8 +73,8 @@ COMMANDS: dict[str, str] = {
 }
 
 #: Global options followed by a value; the command name is the first other non-option word.
-_VALUE_OPTIONS = frozenset({"--config", "-c", "--env", "--log-format", "--log-file"})
-_FLAG_OPTIONS = frozenset({"--verbose", "--quiet", "-q"})
+_VALUE_OPTIONS = GLOBAL_VALUE_OPTIONS
+_FLAG_OPTIONS = GLOBAL_FLAG_OPTIONS
 
 HELP = f"""VYA BackupDB: backup and restore for PostgreSQL, MySQL/MariaDB, SQLite and files.
 

@@ -28,9 +28,10 @@ if TYPE_CHECKING:
     from vya_backupdb.config.loader import LoadedConfig
     from vya_backupdb.engines.pg_head import HeadStart
 
-#: Global options (before the command) that take a value, and those that do not.
-_GLOBAL_VALUES = frozenset({"--config", "-c", "--env", "--log-format", "--log-file"})
-_GLOBAL_FLAGS = frozenset({"--verbose", "-v", "--quiet", "-q"})
+#: Global options (before the command) that take a value, and those that do not (cli/app.py
+#: reads the command name past them too; ``-v`` may also be repeated there: ``-vv``).
+GLOBAL_VALUE_OPTIONS = frozenset({"--config", "-c", "--env", "--log-format", "--log-file"})
+GLOBAL_FLAG_OPTIONS = frozenset({"--verbose", "--quiet", "-q"})
 #: ``backup`` options that do not change what is dumped, with a value or without.
 _BACKUP_VALUES = frozenset({"--jobs", "-j", "--progress-interval"})
 _BACKUP_FLAGS = frozenset({"--no-users", "--json", "--no-progress", "--verify", "--no-verify"})
@@ -67,7 +68,7 @@ def parse(argv: Sequence[str]) -> Parsed | None:
     index = 0
     while index < len(words) and words[index].startswith("-"):
         word, _, inline = words[index].partition("=")
-        if word in _GLOBAL_VALUES:
+        if word in GLOBAL_VALUE_OPTIONS:
             if inline:
                 value = inline
                 index += 1
@@ -80,7 +81,7 @@ def parse(argv: Sequence[str]) -> Parsed | None:
                 config = value
             elif word == "--env":
                 env = value
-        elif word in _GLOBAL_FLAGS and not inline:
+        elif (word in GLOBAL_FLAG_OPTIONS or word == "-v") and not inline:
             index += 1
         else:
             return None

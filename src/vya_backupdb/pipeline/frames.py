@@ -116,9 +116,12 @@ class ScanAhead:
     def __init__(self, source: Readable, scanner: Scanner, chunk: int = CHUNK, depth: int = 8):
         self._scanner = scanner
         self._must_cut: Callable[[int], bool] | None = getattr(scanner, "must_cut", None)
-        # (offset, unit) of every start found, appended by the reading thread before the
-        # chunk holding it is queued; taken by the consumer once that chunk is handed out.
-        self._marks: collections.deque[tuple[int, int]] = collections.deque()
+        # (offset, unit, found at) of every start found, appended by the reading thread before
+        # the chunk it was found in is queued; taken by the consumer once that chunk is handed
+        # out. "Found at" (the end of that chunk), not the offset: a scanner may report a unit
+        # late (BlockScanner: the first block, once the TOC after it parsed), and a direct read
+        # hands it over with the chunk it was reported in — so must this.
+        self._marks: collections.deque[tuple[int, int, int]] = collections.deque()
         self._cut: set[int] = set()
         self._handed = 0
         self._ahead = ReadAhead(
@@ -132,8 +135,9 @@ class ScanAhead:
 
     def feed(self, data: bytes) -> list[tuple[int, int]]:
         found: list[tuple[int, int]] = []
-        while self._marks and self._marks[0][0] < self._handed:
-            found.append(self._marks.popleft())
+        while self._marks and self._marks[0][2] <= self._handed:
+            offset, unit, _ = self._marks.popleft()
+            found.append((offset, unit))
         return found
 
     def must_cut(self, unit: int) -> bool:
@@ -154,7 +158,7 @@ class _Scanned:
         self,
         source: Readable,
         scanner: Scanner,
-        marks: collections.deque[tuple[int, int]],
+        marks: collections.deque[tuple[int, int, int]],
         cut: set[int],
         must_cut: Callable[[int], bool] | None,
     ):
@@ -163,13 +167,15 @@ class _Scanned:
         self._marks = marks
         self._cut = cut
         self._must_cut = must_cut
+        self._read = 0
 
     def read(self, size: int = -1, /) -> bytes:
         data = self._source.read(size)
+        self._read += len(data)
         for offset, unit in self._scanner.feed(data):
             if self._must_cut is not None and self._must_cut(unit):
                 self._cut.add(unit)
-            self._marks.append((offset, unit))
+            self._marks.append((offset, unit, self._read))
         return data
 
 
