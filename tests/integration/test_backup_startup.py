@@ -51,11 +51,8 @@ def _loaded(modules: set[str], package: str) -> bool:
     return any(m == package or m.startswith(package + ".") for m in modules)
 
 
-def _backup_in_subprocess(
-    tmp_path: Path, instance: dict[str, Any], database: str
-) -> tuple[set[str], dict[str, Any]]:
-    """Run ``vya-backupdb backup`` in a fresh interpreter; return (modules loaded at exit,
-    the metadata record written)."""
+def _config(tmp_path: Path, instance: dict[str, Any]) -> Path:
+    """Write a JSON config with ``instance`` and a store under ``tmp_path/store``."""
     config = tmp_path / "config.json"
     config.write_text(
         json.dumps(
@@ -67,6 +64,15 @@ def _backup_in_subprocess(
         ),
         encoding="utf-8",
     )
+    return config
+
+
+def _backup_in_subprocess(
+    tmp_path: Path, instance: dict[str, Any], database: str
+) -> tuple[set[str], dict[str, Any]]:
+    """Run ``vya-backupdb backup`` in a fresh interpreter; return (modules loaded at exit,
+    the metadata record written)."""
+    config = _config(tmp_path, instance)
     code = textwrap.dedent(
         f"""
         import atexit, json, os, subprocess, sys
@@ -202,17 +208,7 @@ def test_mysql_backup_run_loads_no_module_it_does_not_need(
 def test_pg_backup_of_missing_database_lists_the_others(
     tmp_path: Path, pg_server: PgServer, pg_database: str
 ) -> None:
-    config = tmp_path / "config.json"
-    config.write_text(
-        json.dumps(
-            {
-                "hostname": "h",
-                "storage": {"base_path": str(tmp_path / "store")},
-                "instances": [pg_server.instance_config("pg")],
-            }
-        ),
-        encoding="utf-8",
-    )
+    config = _config(tmp_path, pg_server.instance_config("pg"))
 
     done = subprocess.run(
         [
@@ -245,17 +241,7 @@ def test_pg_backup_usage_error_after_the_head_start_leaves_no_session(
     Typer then rejects exits 2 and stops that dump: no psql or pg_dump session is left."""
     import time
 
-    config = tmp_path / "config.json"
-    config.write_text(
-        json.dumps(
-            {
-                "hostname": "h",
-                "storage": {"base_path": str(tmp_path / "store")},
-                "instances": [pg_server.instance_config("pg")],
-            }
-        ),
-        encoding="utf-8",
-    )
+    config = _config(tmp_path, pg_server.instance_config("pg"))
     argv = ["-c", str(config), "backup", "pg", "-d", pg_database, "--jobs", "many"]
     done = subprocess.run(
         [sys.executable, "-m", "vya_backupdb", *argv],

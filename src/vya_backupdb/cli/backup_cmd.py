@@ -8,7 +8,7 @@ import typer
 
 from vya_backupdb.cli.context import get_app, handle_errors, render_error
 from vya_backupdb.cli.render import human_bytes, human_seconds, plain_json
-from vya_backupdb.errors import StorageError, VyaError
+from vya_backupdb.errors import StorageError
 
 if TYPE_CHECKING:
     from vya_backupdb.config.loader import LoadedConfig
@@ -67,8 +67,8 @@ def backup(
         from vya_backupdb.errors import UsageError
 
         raise UsageError("--database needs exactly one instance", hint="e.g. backup pg01 -d app")
-    # A named PostgreSQL database's dump starts before logging (rich), the backup job's
-    # modules and the driver are set up: they load while pg_dump runs (engines/pg_head.py).
+    # A named PostgreSQL database's dump was started by the console script before Typer
+    # loaded: logging, the backup job's modules and the driver load while pg_dump runs.
     head = _start_dump_early(loaded, instances, database, dry_run)
     try:
         app.setup_logging()
@@ -120,22 +120,14 @@ def backup(
 def _start_dump_early(
     loaded: LoadedConfig, instances: list[str] | None, database: list[str] | None, dry_run: bool
 ) -> HeadStart | None:
+    """Return the dump the console script started for this very command line (cli/early.py),
+    or None — closing one started for another; BackupJob then starts its own if it applies."""
     from vya_backupdb.cli import early
 
     if dry_run or not database or not instances or len(instances) != 1:
         early.close()
         return None
-    # Started by the console script before Typer loaded, for this very command line.
-    head = early.take(loaded, instances[0], database)
-    if head is not None:
-        return head
-    from vya_backupdb.engines import pg_head
-
-    try:
-        instance = loaded.settings.instance(instances[0])
-    except VyaError:
-        return None  # the job reports the unknown instance
-    return pg_head.start_named(loaded, instance, tuple(database))
+    return early.take(loaded, instances[0], database)
 
 
 def _render(console, run, dry_run: bool) -> None:  # type: ignore[no-untyped-def]

@@ -5,7 +5,7 @@ loaded (psycopg: ~0.1 s to import), the database listed and a snapshot exported 
 after the command began — and then spent another ~0.08 s on its catalog queries before its
 first byte. For a database named on the command line (``backup pg -d app``) the console
 script now starts pg_dump right after reading the config, before Typer is even imported
-(cli/early.py; the backup command and ``BackupJob`` do the same for callers that did not):
+(cli/early.py; ``BackupJob`` starts one itself for callers that did not):
 ``psql`` (a separate process, ~20 ms, on the other core) opens a REPEATABLE READ transaction
 and exports its snapshot, pg_dump is started in that snapshot, and the job's modules and the
 driver load and the database is listed *while* pg_dump runs. The engine's dump then adopts
