@@ -23,6 +23,7 @@ from harness.mariadb import MariadbServer, quote_identifier
 from vya_backupdb.engines.base import RestoreOptions
 from vya_backupdb.engines.mysql import LoadedTableCounter
 from vya_backupdb.errors import IntegrityError
+from vya_backupdb.jobs import restore as restore_job
 from vya_backupdb.jobs.restore import Mode, RestoreJob, RestoreRequest, RestoreResult
 from vya_backupdb.pipeline.encryption import generate_identity, write_identity_file
 from vya_backupdb.storage.local import LocalStorage
@@ -139,16 +140,17 @@ def test_mysql_restore_encrypted_backup_uses_in_process_stream_and_is_exact(
     assert result.row_check["ok"]
 
 
-class _DamagedAfterCheck(LocalStorage):
-    """A store whose backup file is damaged between its verification and its restore: the
-    checksum pass reads the good bytes, the restore's decompressor reads ``damaged``."""
+def _damage_after_check(monkeypatch: pytest.MonkeyPatch, stored: Path, damaged: bytes) -> None:
+    """Damage the backup file between its verification and its restore: the checksum pass
+    reads the good bytes, the restore's decompressor reads ``damaged``."""
+    checked = restore_job.check_checksum
 
-    def __init__(self, root: Path, damaged: Path):
-        super().__init__(root)
-        self._damaged = damaged
+    def check_then_damage(*args: Any, **kwargs: Any) -> str:
+        digest = checked(*args, **kwargs)
+        stored.write_bytes(damaged)
+        return digest
 
-    def local_path(self, name: str) -> str | None:
-        return str(self._damaged) if name.endswith(".sql.zst") else super().local_path(name)
+    monkeypatch.setattr(restore_job, "check_checksum", check_then_damage)
 
 
 def _statement_prefix(dump: bytes, fraction: float) -> bytes:
@@ -159,33 +161,37 @@ def _statement_prefix(dump: bytes, fraction: float) -> bytes:
 
 @pytest.mark.parametrize("damage", ["cut mid-frame", "shorter valid stream"])
 def test_mysql_safe_restore_of_backup_damaged_after_check_fails_and_keeps_target(
-    mariadb_server: MariadbServer, source: str, tmp_path: Path, damage: str
+    mariadb_server: MariadbServer,
+    source: str,
+    tmp_path: Path,
+    damage: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     config = _config(tmp_path, mariadb_server, source)
     _backup(config)
     [stored] = (tmp_path / "backups").rglob("*_full.sql.zst")
-    damaged = tmp_path / "damaged.sql.zst"
+    size = stored.stat().st_size
     if damage == "cut mid-frame":
         # zstd fails on it after writing part of the script.
-        damaged.write_bytes(stored.read_bytes()[: stored.stat().st_size // 2])
+        damaged = stored.read_bytes()[: size // 2]
     else:
         # zstd succeeds, the client too (whole statements): only the bytes read tell.
         dump = subprocess.run(["zstd", "-dc", str(stored)], capture_output=True, check=True)
         prefix = _statement_prefix(dump.stdout, 0.5)
-        damaged.write_bytes(
-            subprocess.run(["zstd", "-c"], input=prefix, capture_output=True, check=True).stdout
-        )
+        damaged = subprocess.run(
+            ["zstd", "-c"], input=prefix, capture_output=True, check=True
+        ).stdout
     # The target exists: safe mode must leave it as it was.
     mariadb_server.drop_db(TARGET)
     mariadb_server.sql(f"CREATE DATABASE {quote_identifier(TARGET)}")
     mariadb_server.sql("CREATE TABLE keep_me (x INT); INSERT INTO keep_me VALUES (7)", db=TARGET)
-    storage = _DamagedAfterCheck(tmp_path / "backups", damaged)
+    _damage_after_check(monkeypatch, stored, damaged)
     with pytest.raises(IntegrityError, match="stopped short") as caught:
-        _restore(config, mode="safe", storage=storage)
+        _restore(config, mode="safe")
     if damage == "cut mid-frame":
         assert "zstd exited with status" in caught.value.message
     else:
-        assert f"of its {stored.stat().st_size} bytes were read" in caught.value.message
+        assert f"of its {size} bytes were read" in caught.value.message
     assert mariadb_server.query("SELECT x FROM keep_me", db=TARGET) == [(7,)]
     assert _leftovers(mariadb_server) == []
 

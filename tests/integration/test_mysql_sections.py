@@ -15,7 +15,7 @@ from cli_helpers import vya
 from mysql_compare import compare_databases
 from ops_fixtures import load
 from test_mysql_engine import TRICKY_DB, _execute_all, _tricky_statements
-from test_mysql_restore_stream import _config, _DamagedAfterCheck, _engine_log, _leftovers
+from test_mysql_restore_stream import _config, _damage_after_check, _engine_log, _leftovers
 
 from harness.mariadb import MariadbServer, quote_identifier
 from vya_backupdb.engines.mysql import MysqlEngine
@@ -197,7 +197,7 @@ def test_restore_with_one_job_reads_the_same_backup_as_one_script(
 
 
 def test_parallel_restore_of_backup_damaged_after_check_fails_and_keeps_target(
-    mariadb_server: MariadbServer, source: str, tmp_path: Path
+    mariadb_server: MariadbServer, source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = _config(tmp_path, mariadb_server, source)
     record = _backup(config, tmp_path)
@@ -207,14 +207,12 @@ def test_parallel_restore_of_backup_damaged_after_check_fails_and_keeps_target(
     start, end = frames[2][0], frames[3][0]
     data = bytearray(stored.read_bytes())
     data[(start + end) // 2 : (start + end) // 2 + 64] = b"\xff" * 64
-    damaged = tmp_path / "damaged.sql.zst"
-    damaged.write_bytes(bytes(data))
+    _damage_after_check(monkeypatch, stored, bytes(data))
     mariadb_server.drop_db(TARGET)
     mariadb_server.sql(f"CREATE DATABASE {quote_identifier(TARGET)}")
     mariadb_server.sql("CREATE TABLE keep_me (x INT); INSERT INTO keep_me VALUES (7)", db=TARGET)
-    storage = _DamagedAfterCheck(tmp_path / "backups", damaged)
     with pytest.raises(VyaError) as caught:
-        _restore(config, jobs=2, mode="safe", storage=storage)
+        _restore(config, jobs=2, mode="safe")
     # zstd frames carry no checksum of their own: the garbage reaches the client, which fails
     # (the whole file's checksum, verified before, is what guards a stored backup).
     assert "mariadb exited with status 1" in caught.value.message

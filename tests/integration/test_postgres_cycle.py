@@ -76,6 +76,42 @@ def test_pg_backup_then_restore_to_new_name_is_exact(
         pg_server.drop_db(target)
 
 
+def test_pg_fast_restore_asks_the_server_once_whether_the_target_exists(
+    pg_server: PgServer, config: Path, source: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job knows the target is missing (or has just dropped it): the engine creates it
+    without asking again — one connection less before pg_restore starts."""
+    from ops_fixtures import load
+
+    from vya_backupdb.engines.postgresql import PostgresEngine
+    from vya_backupdb.jobs.restore import RestoreJob, RestoreRequest
+
+    code, out = _vya(config, "backup", "pg", "--no-users")
+    assert code == 0, out
+    asked: list[str] = []
+    exists = PostgresEngine.database_exists
+
+    def counted(self: PostgresEngine, db: str) -> bool:
+        asked.append(db)
+        return exists(self, db)
+
+    monkeypatch.setattr(PostgresEngine, "database_exists", counted)
+    target = "fast «ünï» copy"
+    pg_server.drop_db(target)
+    request = RestoreRequest(
+        instance="pg", database=source, latest=True, target=target, mode="fast", jobs=2
+    )
+    try:
+        for existing in (False, True):  # a new target, then the same one replaced
+            asked.clear()
+            result = RestoreJob(load(config)).run(request, confirm=lambda _question: True)
+            assert asked == [target], existing
+            assert result.row_check["ok"]
+            assert compare_databases(pg_server, source, pg_server, target) == []
+    finally:
+        pg_server.drop_db(target)
+
+
 def test_pg_safe_restore_over_existing_swaps_and_keeps_a_safety_backup(
     pg_server: PgServer, config: Path, source: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import random
 import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -196,3 +197,71 @@ def test_readers_on_several_threads_report_one_progress_that_never_passes_the_si
     # sum reaches the size (3 × 6,000 bytes read: the head is read by every reader).
     assert reported[0] == 60
     assert reported[1:] and all(done == 10_000 for done in reported[1:])
+
+
+def test_check_checksum_of_a_local_file_hashes_it_in_pieces_and_finds_a_flipped_byte(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vya_backupdb.pipeline import stream
+    from vya_backupdb.storage.local import LocalStorage
+
+    monkeypatch.setattr(stream, "FILE_HASH_CHUNK", 4096)  # many pieces, one partial at the end
+    storage = LocalStorage(tmp_path)
+    record = _store(storage, bytes(range(256)) * 4099)  # type: ignore[arg-type]
+    assert storage.local_path(record.file_info.name) is not None
+    assert check_checksum(storage, record) == record.file_info.sha256
+    path = tmp_path / record.file_info.name
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0x01
+    path.write_bytes(bytes(raw))
+    with pytest.raises(IntegrityError, match="checksum mismatch"):
+        check_checksum(storage, record)
+
+
+class _CountingStorage(MemoryStorage):
+    """Counts the bytes read from its objects."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.read_bytes = 0
+
+    @contextlib.contextmanager
+    def get(self, name: str) -> Iterator[io.BufferedIOBase]:  # type: ignore[override]
+        with super().get(name) as reader:
+            outer = self
+
+            class _Counted:
+                def read(self, size: int = -1, /) -> bytes:
+                    data = reader.read(size)
+                    outer.read_bytes += len(data)
+                    return data
+
+            yield _Counted()  # type: ignore[misc]
+
+
+def test_stream_opened_for_its_head_only_is_not_read_to_the_end_at_exit() -> None:
+    # Incompressible, so the stored object is several read-ahead chunks long.
+    data = random.Random(7).randbytes(12 * 1024 * 1024)
+    storage = _CountingStorage()
+    record = _store(storage, data)
+    with open_backup_stream(storage, record, head_only=True) as stream:
+        assert stream.read(1000) == data[:1000]
+    assert 0 < storage.read_bytes < record.file_info.size / 2
+    storage.read_bytes = 0
+    with open_backup_stream(storage, record) as stream:  # the default drains and re-hashes
+        assert stream.read(1000) == data[:1000]
+    assert storage.read_bytes == record.file_info.size
+
+
+def test_stream_opened_for_its_head_only_still_checks_what_it_read_whole() -> None:
+    storage = MemoryStorage()
+    record = _store(storage, b"row\n" * 10_000)
+    bad = record.model_copy(
+        update={"file_info": record.file_info.model_copy(update={"sha256": "0" * 64})}
+    )
+    with (
+        pytest.raises(IntegrityError, match="checksum mismatch"),
+        open_backup_stream(storage, bad, head_only=True) as stream,
+    ):
+        while stream.read(4096):
+            pass

@@ -81,6 +81,9 @@ def test_make_pg_restore_command_owner_jobs_and_list(tmp_path: Path) -> None:
     assert set(expected) <= set(argv)
     assert "datestyle=ISO" in cmd.env["PGOPTIONS"]
     assert "--create" not in argv
+    assert cmd.stdin_buffer == 0  # reads its file itself
+    from_stdin = make_pg_restore_command("pg_restore", INSTANCE, PASSWORD, "tgt")
+    assert from_stdin.stdin_buffer == 1024 * 1024  # a dump streamed into it: 1 MiB reads
     with pytest.raises(ValueError, match="parallel"):
         make_pg_restore_command("pg_restore", INSTANCE, PASSWORD, "tgt", jobs=2)
 
@@ -91,6 +94,7 @@ def test_make_psql_command_stops_on_error_reads_stdin() -> None:
     assert list(cmd.argv[4:6]) == ["-v", "ON_ERROR_STOP=1"]
     assert list(cmd.argv[-2:]) == ["-f", "-"]
     assert "-X" in cmd.argv
+    assert cmd.stdin_buffer == 1024 * 1024
 
 
 def test_make_pg_dumpall_globals_command_uses_maintenance_db() -> None:

@@ -16,6 +16,8 @@ from vya_backupdb.engines.process import (
     Command,
     ToolReader,
     _consumer_went_away,
+    _environment,
+    _stdbuf_library,
     feed,
     find_tool,
     run,
@@ -189,3 +191,22 @@ def test_find_tool_skips_debians_pg_wrapper_for_the_versioned_binary(
     # Without a versioned binary the wrapper is still better than nothing.
     monkeypatch.setattr(process, "_EXTRA_TOOL_DIRS", [])
     assert process.find_tool(["pg_dump"], "postgresql-client") == str(on_path / "pg_dump")
+
+
+def test_a_tool_reading_a_long_stdin_gets_a_big_stdio_buffer_through_libstdbuf(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    library = _stdbuf_library()
+    if library is None:
+        pytest.skip("coreutils' libstdbuf is not installed")
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    env = _environment(Command(["pg_restore"], stdin_buffer=1 << 20))
+    assert (env["LD_PRELOAD"], env["_STDBUF_I"]) == (library, "1048576")
+    assert "LD_PRELOAD" not in _environment(Command(["pg_restore"]))
+    monkeypatch.setenv("LD_PRELOAD", "/opt/their.so")  # the user's own preload is kept
+    env = _environment(Command(["pg_restore"], stdin_buffer=1 << 20))
+    assert env["LD_PRELOAD"] == f"{library} /opt/their.so"
+    # A real stdio reader (sed reads with getline) still reads every byte through it.
+    data = b"".join(b"line %d\n" % i for i in range(200_000))
+    out = feed(Command(["sed", "-n", "$="], stdin_buffer=1 << 20), io.BytesIO(data), RestoreFailed)
+    assert out.strip() == "200000"

@@ -92,6 +92,9 @@ class RestoreOptions:
     #: Exact rows per table (``schema.table``) the backup's record holds: what the restore's
     #: row check will compare with (an engine may confirm them without rescanning tables).
     expected_rows: dict[str, int] = field(default_factory=dict)
+    #: The caller has just seen the target database missing (or dropped it): the engine
+    #: creates it without asking the server again (one connection less before the restore).
+    target_missing: bool = False
 
 
 @dataclass(frozen=True)

@@ -1254,7 +1254,7 @@ class MysqlEngine:
             self._restore_parallel(db, stream, options)
             return
         tools = self._tools()
-        if not self.database_exists(db):
+        if options.target_missing or not self.database_exists(db):
             self.create_database(db, options.database_properties)
         self._restored_counts.pop(db, None)
         if isinstance(stream, ToolReader) and stream.direct:
@@ -1307,7 +1307,7 @@ class MysqlEngine:
         assert options.open_blocks is not None
         open_blocks = options.open_blocks
         tools = self._tools()
-        if not self.database_exists(db):
+        if options.target_missing or not self.database_exists(db):
             self.create_database(db, options.database_properties)
         self._restored_counts.pop(db, None)
         log.info(
@@ -1387,7 +1387,7 @@ class MysqlEngine:
         tools = self._tools()
 
         def prepare() -> None:
-            if not self.database_exists(db):
+            if options.target_missing or not self.database_exists(db):
                 self.create_database(db, options.database_properties)
 
         with (

@@ -17,6 +17,10 @@ PG_CLIENT_PACKAGE = "postgresql-client"
 APP_NAME = "vya-backupdb"
 CONNECT_TIMEOUT = 10
 
+#: The stdio buffer of a pg_restore or psql reading a dump from its stdin (see
+#: ``Command.stdin_buffer``).
+STDIN_BUFFER = 1024 * 1024
+
 #: Session settings pinned for every restore session so that nothing in the dump is interpreted
 #: through the target server's defaults (DateStyle, IntervalStyle, float precision).
 RESTORE_PGOPTIONS = "-c datestyle=ISO,MDY -c intervalstyle=postgres -c extra_float_digits=3"
@@ -123,7 +127,7 @@ def make_pg_restore_command(
     if source is not None:
         argv.append(str(source))
     env = libpq_env(instance, password) | {"PGOPTIONS": RESTORE_PGOPTIONS}
-    return Command(argv, env, _secrets(password))
+    return Command(argv, env, _secrets(password), STDIN_BUFFER if source is None else 0)
 
 
 def make_pg_restore_list_command(pg_restore: str, source: Path) -> Command:
@@ -138,7 +142,7 @@ def make_psql_command(
     argv = [psql, "--no-password", "-X", "-q", "-v", "ON_ERROR_STOP=1",
             f"--dbname={conninfo_dbname(db)}", "-f", "-"]  # fmt: skip
     env = libpq_env(instance, password) | {"PGOPTIONS": RESTORE_PGOPTIONS}
-    return Command(argv, env, _secrets(password))
+    return Command(argv, env, _secrets(password), STDIN_BUFFER)
 
 
 def make_pg_dumpall_globals_command(

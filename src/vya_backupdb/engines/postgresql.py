@@ -718,7 +718,7 @@ class PostgresEngine:
         the source's properties when missing; raise RestoreFailed when the tool fails."""
         created = False
         self._restored_expected.pop(db, None)
-        if not self.database_exists(db):
+        if options.target_missing or not self.database_exists(db):
             self.create_database(db, options.database_properties, owner=options.owner)
             created = True
         try:

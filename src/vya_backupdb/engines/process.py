@@ -12,6 +12,7 @@ import collections
 import contextlib
 import errno
 import fcntl
+import functools
 import glob
 import os
 import shlex
@@ -51,6 +52,10 @@ class Command:
     env: Mapping[str, str] = field(default_factory=dict)
     #: Values to mask in anything displayed or logged (passwords).
     secrets: Sequence[str] = ()
+    #: For a tool that reads a long stream from its stdin through C stdio (pg_restore, psql
+    #: ``-f -``): the stdio buffer size to give it, as ``stdbuf -i`` would (see
+    #: :func:`_environment`); 0 leaves the tool's default (4 KiB reads).
+    stdin_buffer: int = 0
 
     def display(self) -> str:
         """Return the command line for logs and metadata, with secrets masked."""
@@ -163,10 +168,32 @@ class _StderrCollector(threading.Thread):
         return "\n".join(self.lines)
 
 
+#: Where coreutils installs the library behind ``stdbuf`` (Debian/Ubuntu, Fedora/RHEL, SUSE).
+_STDBUF_LIBRARIES = (
+    "/usr/libexec/coreutils/libstdbuf.so",
+    "/usr/lib/coreutils/libstdbuf.so",
+    "/usr/lib64/coreutils/libstdbuf.so",
+)
+
+
+@functools.cache
+def _stdbuf_library() -> str | None:
+    return next((p for p in _STDBUF_LIBRARIES if os.path.isfile(p)), None)
+
+
 def _environment(command: Command) -> dict[str, str]:
     env = dict(os.environ)
     env.update(command.env)
     env.setdefault("LC_ALL", "C.UTF-8")
+    library = _stdbuf_library() if command.stdin_buffer > 0 else None
+    if library is not None:
+        # What ``stdbuf -i SIZE`` does, without a wrapper process: the tool reads its stdin in
+        # SIZE reads instead of 4 KiB ones — on a 1 GiB restore, 250 000 fewer system calls
+        # and writer wake-ups (~0.2 s of CPU, docs/performance.md). Without coreutils' library
+        # the tool just keeps its default buffer.
+        preload = env.get("LD_PRELOAD", "").strip()
+        env["LD_PRELOAD"] = f"{library} {preload}" if preload else library
+        env["_STDBUF_I"] = str(command.stdin_buffer)
     return env
 
 

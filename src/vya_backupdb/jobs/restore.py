@@ -12,6 +12,7 @@ The checksum is verified before anything touches the target.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import tempfile
 import time
@@ -282,6 +283,7 @@ class RestoreJob:
                 f"{target_db!r} on {target_inst.id!r}?"
             ):
                 raise UsageError("restore cancelled: the target was left untouched", hint="")
+            options = dataclasses.replace(options, target_missing=not exists)
             self._restore_into(engine, record, target_db, options)
             return RestoreResult(
                 record, target_inst.id, target_db, "tables", time.monotonic() - started
@@ -295,6 +297,8 @@ class RestoreJob:
         if request.mode == "fast":
             if exists:
                 engine.drop_database(target_db)
+            # Missing now: the engine need not ask the server again before creating it.
+            options = dataclasses.replace(options, target_missing=True)
             self._restore_into(engine, record, target_db, options)
             counts = self._row_check(engine, record, target_db)
         else:
@@ -374,7 +378,14 @@ class RestoreJob:
                 self.source, record, self.keys, progress=self.progress, whole=True
             )
         else:
-            opened = open_backup_stream(self.source, record, self.progress, keys=self.keys)
+            # With frames, a parallel restore reads only the archive's head from this stream.
+            opened = open_backup_stream(
+                self.source,
+                record,
+                self.progress,
+                keys=self.keys,
+                head_only=options.open_blocks is not None,
+            )
         with opened as stream:
             engine.restore(db, stream, options)
         self._progress_done(record)

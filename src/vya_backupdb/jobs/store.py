@@ -31,6 +31,7 @@ from vya_backupdb.pipeline.stream import (
     HashingWriter,
     ReadAhead,
     pump,
+    sha256_of_file,
 )
 from vya_backupdb.storage.base import Storage
 
@@ -188,11 +189,15 @@ def check_checksum(
             hint="The file was deleted or moved; pick another backup with: vya-backupdb list",
         )
     size = storage.stat(name).size
-    with storage.get(name) as reader:
-        hashing = HashingReader(reader)
-        while hashing.read(1024 * 1024):
-            pass
-    digest = hashing.sha256
+    path = storage.local_path(name)
+    if path is not None:
+        digest = sha256_of_file(path)
+    else:
+        with storage.get(name) as reader:
+            hashing = HashingReader(reader)
+            while hashing.read(1024 * 1024):
+                pass
+        digest = hashing.sha256
     if size != record.file_info.size:
         kind = "truncated" if size < record.file_info.size else "larger than recorded"
         raise IntegrityError(
@@ -246,6 +251,7 @@ def open_backup_stream(
     progress: Callable[[int], None] | None = None,
     *,
     keys: KeyProvider | None = None,
+    head_only: bool = False,
 ) -> Iterator[Readable]:
     """Yield the decrypted, decompressed content of a backup; raise IntegrityError at exit
     when the bytes read do not match the recorded checksum (a second line of defence).
@@ -253,6 +259,10 @@ def open_backup_stream(
     Encrypted backups are opened with ``keys`` (the identities configured for the record's
     instance, see ``wiring.keys_for``); raise CredentialError (before yielding) when none
     is given or none opens it.
+
+    ``head_only``: the consumer may read just the beginning (a parallel restore reads the
+    archive's table of contents here and its data from the frames of the file, verified
+    beforehand): when it stops early, the rest is not read and hashed again at exit.
     """
     codec = get_codec(record.file_info.compression)
     with storage.get(record.file_info.name) as raw:
@@ -271,6 +281,8 @@ def open_backup_stream(
                     ahead.close()
         except EOFError as exc:
             raise IntegrityError(f"{record.file_info.name}: {exc}") from None
+        if head_only and hashing.read(1):
+            return
         # Drain what the consumer left (e.g. tar padding) so the hash covers the whole object.
         while hashing.read(1024 * 1024):
             pass

@@ -99,6 +99,25 @@ def pump(source: Readable, sink: Writable, chunk: int = CHUNK) -> int:
     return total
 
 
+#: Read size of :func:`sha256_of_file`.
+FILE_HASH_CHUNK = 8 * 1024 * 1024
+
+
+def sha256_of_file(path: str) -> str:
+    """Return the sha256 of a file, read in 8 MiB pieces into one buffer.
+
+    Both the read and the hashing release the GIL, so the few times this thread needs it
+    back barely slow the thread beside it (a restore loads its engine meanwhile; with 1 MiB
+    ``bytes`` reads the 50 MiB checksum took ~0.1 s instead of ~0.04 s)."""
+    digest = hashlib.sha256()
+    buffer = bytearray(FILE_HASH_CHUNK)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as handle:
+        while count := handle.readinto(buffer):
+            digest.update(view[:count])
+    return digest.hexdigest()
+
+
 def sha256_of(source: Readable) -> tuple[str, int]:
     """Return (sha256 hex, size) of a stream, reading it in chunks."""
     reader = HashingReader(source)
