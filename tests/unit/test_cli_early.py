@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from unit_helpers import write_sqlite_config
 
 from vya_backupdb.cli.early import Parsed, parse
 
@@ -80,21 +81,9 @@ def test_config_loaded_early_is_reused_once_for_the_same_file_and_overlay(
 ) -> None:
     """A backup named with -d of an instance that gets no head start (here SQLite) does not
     validate its config twice; any other file or overlay loads its own."""
-    import json
-
     from vya_backupdb.cli import early
 
-    config = tmp_path / "config.json"
-    config.write_text(
-        json.dumps(
-            {
-                "hostname": "h",
-                "storage": {"base_path": str(tmp_path / "store")},
-                "instances": [{"id": "lite", "type": "sqlite", "paths": [f"{tmp_path}/*.db"]}],
-            }
-        ),
-        encoding="utf-8",
-    )
+    config = write_sqlite_config(tmp_path, tmp_path)
     early.start(["-c", str(config), "backup", "lite", "-d", "shop.db"], {})
     assert early._started is None  # SQLite: nothing to start early
     assert early.loaded_config(config, "prod") is None  # another overlay: not this one

@@ -9,10 +9,10 @@ import logging
 from pathlib import Path
 
 import pytest
-import yaml
 from rich.console import Console
 from rich.progress import Progress
 from typer.testing import CliRunner
+from unit_helpers import write_sqlite_config
 
 from vya_backupdb.cli import progress as progress_mod
 from vya_backupdb.cli.app import app
@@ -271,17 +271,7 @@ def test_choose_display_for_the_situation_picks_bars_or_log_lines(
 def sqlite_config(tmp_path: Path) -> Path:
     data = tmp_path / "data"
     create_sqlite_demo(data / "shop.db")
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "hostname": "h",
-                "storage": {"base_path": str(tmp_path / "backups")},
-                "instances": [{"id": "lite", "type": "sqlite", "paths": [f"{data}/*.db"]}],
-            }
-        )
-    )
-    return config
+    return write_sqlite_config(tmp_path, data)
 
 
 def test_backup_json_with_progress_lines_keeps_stdout_valid_json(sqlite_config: Path) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import typer
 from typer.testing import CliRunner
+from unit_helpers import write_sqlite_config
 
 from vya_backupdb.cli import app as app_module
 from vya_backupdb.cli.app import COMMAND_MODULES, COMMANDS, build_app, command_module
@@ -170,17 +171,7 @@ def test_main_backup_of_sqlite_exits_zero_with_log_file_flushed(tmp_path: Path) 
     with sqlite3.connect(database) as conn:
         conn.execute("CREATE TABLE t (x INTEGER)")
         conn.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(100)])
-    config = tmp_path / "config.json"
-    config.write_text(
-        json.dumps(
-            {
-                "hostname": "h",
-                "storage": {"base_path": str(tmp_path / "store")},
-                "instances": [{"id": "lite", "type": "sqlite", "paths": [f"{tmp_path}/*.db"]}],
-            }
-        ),
-        encoding="utf-8",
-    )
+    config = write_sqlite_config(tmp_path, tmp_path)
     marker = tmp_path / "atexit-ran"
     log = tmp_path / "vya.log"
     code = (
