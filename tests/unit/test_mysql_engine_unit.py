@@ -77,6 +77,7 @@ def test_make_dump_command_defaults_file_first_and_no_password_in_argv() -> None
     assert "--host=db.example" in argv
     assert "--port=3307" in argv
     assert "--protocol=TCP" in argv
+    assert command.stdout_buffer == 1024 * 1024  # 1 MiB writes into the deep pipe
 
 
 def test_make_dump_command_binlog_and_extra_options_come_before_the_database() -> None:

@@ -122,6 +122,7 @@ def test_data_command_lists_tables_after_the_database_and_holds_no_password() ->
         assert option in argv
     assert all(PASSWORD not in a for a in argv)
     assert PASSWORD not in command.display()
+    assert command.stdout_buffer == 1024 * 1024  # the rows stream out: 1 MiB writes
 
 
 def test_schema_objects_and_views_commands_split_the_code() -> None:

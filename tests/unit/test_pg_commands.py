@@ -46,6 +46,10 @@ def test_make_pg_dump_command_custom_uncompressed_password_in_env_only() -> None
     assert cmd.env["PGAPPNAME"] == "vya-backupdb"
     assert cmd.env["PGCONNECT_TIMEOUT"] == "10"
     assert PASSWORD not in cmd.display()
+    # The archive streams out of its stdout: 1 MiB writes, not 4 KiB ones.
+    assert cmd.stdout_buffer == 1024 * 1024
+    plain = make_pg_dump_command("pg_dump", INSTANCE, PASSWORD, "db", fmt="plain")
+    assert plain.stdout_buffer == 1024 * 1024
 
 
 def test_make_pg_dump_command_directory_needs_dir_and_uses_jobs(tmp_path: Path) -> None:
@@ -56,6 +60,7 @@ def test_make_pg_dump_command_directory_needs_dir_and_uses_jobs(tmp_path: Path) 
     assert "--jobs=4" in cmd.argv
     assert f"--file={tmp_path}" in cmd.argv
     assert "PGPASSWORD" not in cmd.env
+    assert cmd.stdout_buffer == 0  # writes files, not its stdout
     with pytest.raises(ValueError, match="output_dir"):
         make_pg_dump_command("pg_dump", INSTANCE, None, "db", fmt="directory")
     with pytest.raises(ValueError, match="format"):

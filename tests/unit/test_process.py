@@ -7,6 +7,7 @@ import io
 import os
 import signal
 import stat
+import threading
 import time
 from pathlib import Path
 
@@ -210,3 +211,64 @@ def test_a_tool_reading_a_long_stdin_gets_a_big_stdio_buffer_through_libstdbuf(
     data = b"".join(b"line %d\n" % i for i in range(200_000))
     out = feed(Command(["sed", "-n", "$="], stdin_buffer=1 << 20), io.BytesIO(data), RestoreFailed)
     assert out.strip() == "200000"
+
+
+class _HeldOpen:
+    """A stdin source that gives ``data`` and then blocks until ``release`` is set (the tool
+    stays alive, its last partial buffer unwritten)."""
+
+    def __init__(self, data: bytes):
+        self._data = io.BytesIO(data)
+        self.release = threading.Event()
+
+    def read(self, size: int = -1, /) -> bytes:
+        chunk = self._data.read(size)
+        if not chunk:
+            self.release.wait(30)
+        return chunk
+
+
+def _writes_for_first_mib(stdout_buffer: int) -> int:
+    """Run sed (a C stdio writer) copying 3 MiB through a deep pipe; return how many write
+    calls it made by the time 1 MiB of its output had arrived (from /proc/PID/io)."""
+    line = b"x" * 63 + b"\n"
+    source = _HeldOpen(line * (3 * 2**20 // len(line)))
+    command = Command(["sed", "-e", "s/x/y/"], stdout_buffer=stdout_buffer)
+    with ToolReader(command, BackupFailed, stdin=source, pipe_size=1 << 20) as reader:
+        received = 0
+        while received < 2**20:
+            received += len(reader.read(1 << 20))
+        writes = int(
+            next(
+                row.split()[1]
+                for row in Path(f"/proc/{reader._proc.pid}/io").read_text().splitlines()
+                if row.startswith("syscw:")
+            )
+        )
+        source.release.set()
+        while reader.read(1 << 20):
+            pass
+    return writes
+
+
+def test_a_dump_tool_writing_its_stdout_gets_a_big_stdio_buffer_through_libstdbuf(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    library = _stdbuf_library()
+    if library is None:
+        pytest.skip("coreutils' libstdbuf is not installed")
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    env = _environment(Command(["pg_dump"], stdout_buffer=1 << 20))
+    assert (env["LD_PRELOAD"], env["_STDBUF_O"]) == (library, "1048576")
+    assert "_STDBUF_I" not in env
+    both = _environment(Command(["x"], stdin_buffer=1 << 16, stdout_buffer=1 << 20))
+    assert (both["LD_PRELOAD"], both["_STDBUF_I"], both["_STDBUF_O"]) == (
+        library,
+        "65536",
+        "1048576",
+    )
+    if not Path("/proc/self/io").exists():
+        pytest.skip("no per-process I/O accounting (/proc/PID/io) to count writes")
+    # The default: 4 KiB writes, a wake-up of the reader each; with the buffer: 1 MiB ones.
+    assert _writes_for_first_mib(0) >= 200
+    assert _writes_for_first_mib(1 << 20) <= 2

@@ -62,6 +62,7 @@ from vya_backupdb.engines.mysql_stream import (
 )
 from vya_backupdb.engines.process import (
     DUMP_PIPE_SIZE,
+    DUMP_STDOUT_BUFFER,
     Command,
     Readable,
     ToolReader,
@@ -278,7 +279,9 @@ def make_dump_command(
         "--",
         db,
     ]
-    return Command(argv=argv, secrets=(password,) if password else ())
+    return Command(
+        argv=argv, secrets=(password,) if password else (), stdout_buffer=DUMP_STDOUT_BUFFER
+    )
 
 
 def make_restore_command(

@@ -47,6 +47,7 @@ parallel if wished), ``d/objects.sql``, ``d/events.sql``, ``d/views.sql``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import queue
@@ -71,6 +72,8 @@ from vya_backupdb.engines.mysql import (
 )
 from vya_backupdb.engines.process import (
     COPY_CHUNK,
+    DUMP_PIPE_SIZE,
+    DUMP_STDOUT_BUFFER,
     Command,
     Readable,
     ToolReader,
@@ -206,7 +209,7 @@ def make_data_command(
         db,
         *tables,
     ]
-    return _command(argv, password)
+    return dataclasses.replace(_command(argv, password), stdout_buffer=DUMP_STDOUT_BUFFER)
 
 
 def make_objects_command(
@@ -625,7 +628,10 @@ def _binlog_position(cur: Any, product: str) -> dict[str, Any] | None:
 
 
 def _dump_to_file(command: Command, path: Path, timeout: float | None) -> None:
-    with ToolReader(command, BackupFailed) as reader, path.open("wb") as out:
+    with (
+        ToolReader(command, BackupFailed, pipe_size=DUMP_PIPE_SIZE) as reader,
+        path.open("wb") as out,
+    ):
         if timeout:
             reader.set_timeout(timeout)
         while chunk := reader.read(COPY_CHUNK):

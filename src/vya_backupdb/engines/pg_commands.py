@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vya_backupdb.config.models import InstanceConfig, PgFormat
-from vya_backupdb.engines.process import Command
+from vya_backupdb.engines.process import DUMP_STDOUT_BUFFER, Command
 
 PG_CLIENT_PACKAGE = "postgresql-client"
 APP_NAME = "vya-backupdb"
@@ -80,7 +80,12 @@ def make_pg_dump_command(
     else:
         raise ValueError(f"unknown pg_dump format {fmt!r}")
     argv += [*extra, f"--dbname={conninfo_dbname(db)}"]
-    return Command(argv, libpq_env(instance, password), _secrets(password))
+    return Command(
+        argv,
+        libpq_env(instance, password),
+        _secrets(password),
+        stdout_buffer=0 if fmt == "directory" else DUMP_STDOUT_BUFFER,
+    )
 
 
 def chooses_snapshot(dump_options: Sequence[str]) -> bool:

@@ -38,7 +38,7 @@ from vya_backupdb.engines.pg_commands import (
     libpq_env,
     make_pg_dump_command,
 )
-from vya_backupdb.engines.process import Command, ToolReader, find_tool
+from vya_backupdb.engines.process import DUMP_PIPE_SIZE, Command, ToolReader, find_tool
 from vya_backupdb.errors import BackupFailed, VyaError
 from vya_backupdb.secrets.sources import password_for
 
@@ -115,7 +115,7 @@ def _start_dump(exporter: subprocess.Popen[bytes], dump: DumpArgs) -> Started | 
         extra=[*dump.instance.dump_options, f"--snapshot={snapshot}"],
     )
     try:
-        reader = ToolReader(command, BackupFailed)
+        reader = ToolReader(command, BackupFailed, pipe_size=DUMP_PIPE_SIZE)
     except VyaError:
         return None
     log.debug("head start: pg_dump of %s started in snapshot %s", dump.db, snapshot)

@@ -75,6 +75,7 @@ from vya_backupdb.engines.pg_compat import FilteredReader, PlainDumpFilter
 from vya_backupdb.engines.pg_head import HeadStart, Started
 from vya_backupdb.engines.process import (
     COPY_CHUNK,
+    DUMP_PIPE_SIZE,
     Command,
     Readable,
     ToolReader,
@@ -672,7 +673,7 @@ class PostgresEngine:
                 command = make_pg_dump_command(
                     pg_dump, self.instance, self._password, db, fmt=fmt, extra=extra
                 )
-                running = ToolReader(command, BackupFailed)
+                running = ToolReader(command, BackupFailed, pipe_size=DUMP_PIPE_SIZE)
             # Custom archives: find each table's data block as it streams by, so the
             # backup is stored in per-table frames (parallel restore reads only its own).
             scanner = BlockScanner() if fmt == "custom" else None
