@@ -235,11 +235,12 @@ def _channel(pipe_size: int | None = None) -> tuple[int, int]:
     :func:`_consumer_went_away`).
 
     ``pipe_size``: a pipe of that many bytes instead (Linux F_SETPIPE_SZ, capped by
-    /proc/sys/fs/pipe-max-size; 64 KiB where it cannot be set), for a stream that a thread
-    of ours reads ahead in 1 MiB chunks: mariadb-dump writes 4 KiB at a time, and with a
-    deep pipe its writes queue up instead of handing over every 4 KiB — half the context
-    switches and ~0.4 s less system CPU on the benchmark's 500 MiB database
-    (docs/performance.md, seventh round).
+    /proc/sys/fs/pipe-max-size; 64 KiB where it cannot be set), for a dump that we read in
+    1 MiB chunks: its writes queue up instead of handing over every few KiB (seventh round:
+    half the context switches for mariadb-dump), and a dump tool writing 1 MiB at a time
+    (``Command.stdout_buffer``) fills it with one write that one of our reads takes whole
+    (ninth round: per backup of the 1 GiB benchmark database, pg_dump's 191,229 writes and
+    our 173,594 reads became 810 and 1,854; docs/performance.md).
     """
     if pipe_size is None:
         ours, theirs = socket.socketpair()
