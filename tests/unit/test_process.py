@@ -194,13 +194,20 @@ def test_find_tool_skips_debians_pg_wrapper_for_the_versioned_binary(
     assert process.find_tool(["pg_dump"], "postgresql-client") == str(on_path / "pg_dump")
 
 
-def test_a_tool_reading_a_long_stdin_gets_a_big_stdio_buffer_through_libstdbuf(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@pytest.fixture
+def stdbuf(monkeypatch: pytest.MonkeyPatch) -> str:
+    """coreutils' libstdbuf (skip without it), with no LD_PRELOAD of the caller's set."""
     library = _stdbuf_library()
     if library is None:
         pytest.skip("coreutils' libstdbuf is not installed")
     monkeypatch.delenv("LD_PRELOAD", raising=False)
+    return library
+
+
+def test_a_tool_reading_a_long_stdin_gets_a_big_stdio_buffer_through_libstdbuf(
+    monkeypatch: pytest.MonkeyPatch, stdbuf: str
+) -> None:
+    library = stdbuf
     env = _environment(Command(["pg_restore"], stdin_buffer=1 << 20))
     assert (env["LD_PRELOAD"], env["_STDBUF_I"]) == (library, "1048576")
     assert "LD_PRELOAD" not in _environment(Command(["pg_restore"]))
@@ -252,12 +259,9 @@ def _writes_for_first_mib(stdout_buffer: int) -> int:
 
 
 def test_a_dump_tool_writing_its_stdout_gets_a_big_stdio_buffer_through_libstdbuf(
-    monkeypatch: pytest.MonkeyPatch,
+    stdbuf: str,
 ) -> None:
-    library = _stdbuf_library()
-    if library is None:
-        pytest.skip("coreutils' libstdbuf is not installed")
-    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    library = stdbuf
     env = _environment(Command(["pg_dump"], stdout_buffer=1 << 20))
     assert (env["LD_PRELOAD"], env["_STDBUF_O"]) == (library, "1048576")
     assert "_STDBUF_I" not in env

@@ -47,7 +47,6 @@ parallel if wished), ``d/objects.sql``, ``d/events.sql``, ``d/views.sql``.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import queue
@@ -160,8 +159,8 @@ def _base(tool: str, defaults_file: Path, instance: InstanceConfig) -> list[str]
     return [tool, f"--defaults-extra-file={defaults_file}", *make_connection_args(instance)]
 
 
-def _command(argv: list[str], password: str | None) -> Command:
-    return Command(argv=argv, secrets=(password,) if password else ())
+def _command(argv: list[str], password: str | None, *, stdout_buffer: int = 0) -> Command:
+    return Command(argv=argv, secrets=(password,) if password else (), stdout_buffer=stdout_buffer)
 
 
 def make_schema_command(
@@ -209,7 +208,7 @@ def make_data_command(
         db,
         *tables,
     ]
-    return dataclasses.replace(_command(argv, password), stdout_buffer=DUMP_STDOUT_BUFFER)
+    return _command(argv, password, stdout_buffer=DUMP_STDOUT_BUFFER)
 
 
 def make_objects_command(
