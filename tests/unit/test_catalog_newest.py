@@ -4,7 +4,6 @@ record the full scan (every record, sorted by start time and id) picks."""
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from typing import IO
@@ -94,8 +93,8 @@ def _full_scan(
 
 
 @pytest.fixture
-def catalog() -> Iterator[Catalog]:
-    yield Catalog(CountingStorage(), "h")
+def catalog() -> Catalog:
+    return Catalog(CountingStorage(), "h")
 
 
 def _reads(catalog: Catalog) -> list[str]:
@@ -139,7 +138,9 @@ def test_same_second_backups_pick_the_later_start(catalog: Catalog) -> None:
     second = _save(catalog, "app", T0 + timedelta(microseconds=100_000))
     # ``second`` started earlier but took the later name (first's name was taken).
     assert second.id > first.id
-    assert catalog.latest("i", "app").id == first.id == _full_scan(catalog, "app").id  # type: ignore[union-attr]
+    full = _full_scan(catalog, "app")
+    assert full is not None
+    assert catalog.latest("i", "app").id == first.id == full.id
 
 
 def test_at_picks_the_newest_at_or_before_the_moment(catalog: Catalog) -> None:
@@ -163,7 +164,8 @@ def test_a_name_without_a_time_is_always_read(catalog: Catalog) -> None:
     """A record copied in under another name (no time in it) still counts."""
     _save(catalog, "app", T0)
     odd = _save(catalog, "app", T0 + timedelta(days=3))
-    text = catalog.storage.get(odd.id + layout.METADATA_SUFFIX).__enter__().read()
+    with catalog.storage.get(odd.id + layout.METADATA_SUFFIX) as reader:
+        text = reader.read()
     catalog.storage.delete(odd.id + layout.METADATA_SUFFIX)
     with catalog.storage.put("h/i/app/imported.metadata.json") as writer:
         writer.write(text)
