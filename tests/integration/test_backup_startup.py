@@ -187,6 +187,7 @@ def test_pg_backup_of_a_named_database_starts_pg_dump_before_the_job_and_driver_
     assert pg_server.password not in json.dumps(record["test_spawned"])
     assert snapshot in record["backup_info"]["dump_command"]
     assert record["stats"]["tables"] == {"public.t": 500}
+    assert record["stats"]["counts_exact"] is True  # counted in the dump's snapshot
 
 
 @pytest.mark.mysql
@@ -202,6 +203,7 @@ def test_mysql_backup_run_loads_no_module_it_does_not_need(
     assert record["extra"]["database_properties"]["character_set"] == "utf8mb4"
     assert "mariadb-dump" in record["backup_info"]["tool_version"]
     assert record["stats"]["tables"] == {"t": 500}
+    assert record["stats"]["counts_exact"] is True  # counted in the dump's stream
 
 
 @pytest.mark.postgres

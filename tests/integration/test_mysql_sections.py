@@ -131,6 +131,7 @@ def test_backup_counts_rows_in_the_stream_and_records_sections(
     record = _backup(_config(tmp_path, mariadb_server, source), tmp_path)
     assert record["stats"]["tables"] == _exact_counts(mariadb_server, source)
     assert record["stats"]["tables"]["zz_parent"] == 8000
+    assert record["stats"]["counts_exact"] is True
     sections = record["extra"]["sql_sections"]
     names = [name for _, kind, name in sections["units"] if kind == "table"]
     assert names == sorted(names) and "weird `name` 'q' \"dq\" ü" in names

@@ -81,6 +81,7 @@ def test_sqlite_backup_metadata_and_sidecar_are_standard(setup: tuple[Path, Path
     assert info["instance"] == "lite" and info["database"] == "shop.db"
     assert info["status"] == "success" and info["started_at"].endswith(("Z", "+00:00"))
     assert meta["stats"]["tables"] == {"customers": 3, "orders": 500}
+    assert meta["stats"]["counts_exact"] is False  # counted beside the backup: a warning only
     [data_file] = base.rglob("*.sqlite.zst")
     # `sha256sum -c` accepts the sidecar as written.
     check = subprocess.run(

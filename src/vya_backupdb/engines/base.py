@@ -53,6 +53,10 @@ class DumpStream:
     #: Exact rows per table as counted in the stream itself, set by the engine once the
     #: stream was read to its end; None: the caller counts with ``Engine.table_stats``.
     row_counts: dict[str, int] | None = None
+    #: Whether ``row_counts`` are those of the dump itself (PostgreSQL: counted in the
+    #: snapshot pg_dump dumped; MariaDB: counted in the stream), so that a restore whose
+    #: tables hold other counts is wrong, not a backup taken while the database changed.
+    counts_exact: bool = False
     #: Read (and scan) the dump on a thread of its own, a few chunks ahead of compression:
     #: worth it when the dump tool's own CPU bounds the backup (mariadb-dump formatting SQL:
     #: ~5 % faster), not when the server does (pg_dump: ~10 % slower, measured — a reader

@@ -1051,7 +1051,7 @@ class MysqlEngine:
         if sections.tail_unit is not None:
             info["sql_sections"] = sections_record(sections, self._section_links(db))
         if self.counts_rows_in_dump():
-            stream.row_counts = self._dump_row_counts(db, sections)
+            stream.row_counts, stream.counts_exact = self._dump_row_counts(db, sections)
 
     def _section_links(self, db: str) -> list[list[str]]:
         """Return the (child, parent) pairs of the foreign keys inside ``db``: a parallel
@@ -1077,9 +1077,10 @@ class MysqlEngine:
             and "MariaDB" in cached_tool_version(self._tools().dump)
         )
 
-    def _dump_row_counts(self, db: str, sections: SqlDumpScanner) -> dict[str, int]:
+    def _dump_row_counts(self, db: str, sections: SqlDumpScanner) -> tuple[dict[str, int], bool]:
         """Return the exact row count of every base table: as counted in the dump, or with
-        ``COUNT(*)`` for the tables whose rows the stream did not show in the expected shape."""
+        ``COUNT(*)`` for the tables whose rows the stream did not show in the expected shape;
+        and whether every count is the dump's own (none needed ``COUNT(*)`` after it)."""
         counted = sections.counts if sections.counts_valid else {}
         counts: dict[str, int] = {}
         tables = self._tables(db, list(_COUNTED_TYPES))
@@ -1089,7 +1090,7 @@ class MysqlEngine:
         with self._cursor(BackupFailed, f"counting the rows of {db!r}") as cur:
             for table in tables:
                 counts[table] = counted[table] if table in counted else _count_rows(cur, db, table)
-        return counts
+        return counts, not missing
 
     def _events_sql(self, db: str) -> bytes:
         events: list[EventDefinition] = []

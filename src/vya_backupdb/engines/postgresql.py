@@ -653,6 +653,7 @@ class PostgresEngine:
                 raise
             if snapshot is not None:
                 stream.row_counts = snapshot.result()
+                stream.counts_exact = stream.row_counts is not None
 
     def _dump_stream(
         self,

@@ -477,12 +477,14 @@ class BackupJob:
             except Exception:
                 describing.result()  # its error first: the properties used to be read first
                 raise
+            exact = False
             try:
                 properties = describing.result()
                 if counting is not None:
                     stats = counting.result()
                 else:
                     counted = captured["stream"].row_counts
+                    exact = counted is not None and captured["stream"].counts_exact
                     stats = counted if counted is not None else engine.table_stats(database)
             except BaseException:
                 remove_backup(self.storage, names.stem, names.data)
@@ -508,7 +510,13 @@ class BackupJob:
             codec_name=codec.name,
             level=level,
             strategy=strategy,
-            stats={"tables": stats, "table_count": len(stats), "rows": sum(stats.values())},
+            stats={
+                "tables": stats,
+                "table_count": len(stats),
+                "rows": sum(stats.values()),
+                # The dump's own counts: a restore holding others is refused (jobs/restore.py).
+                "counts_exact": exact,
+            },
             extra={
                 "database_properties": properties,
                 **dump.info,

@@ -265,6 +265,9 @@ class RestoreJob:
             target_db = f"{database}_test_{self.clock():%Y%m%d_%H%M%S}"
             self._restore_into(engine, record, target_db, options)
             counts = self._row_check(engine, record, target_db)
+            _refuse_wrong_counts(
+                counts, record, f"{target_db!r}, kept for inspection, holds", "Inspect it, then "
+            )
             return RestoreResult(
                 record,
                 target_inst.id,
@@ -301,6 +304,12 @@ class RestoreJob:
             options = dataclasses.replace(options, target_missing=True)
             self._restore_into(engine, record, target_db, options)
             counts = self._row_check(engine, record, target_db)
+            _refuse_wrong_counts(
+                counts,
+                record,
+                f"{target_db!r} (fast mode: the previous database is gone) holds",
+                "",
+            )
         else:
             if exists:
                 safety = self._safety_backup(engine, target_inst, target_db)
@@ -417,6 +426,13 @@ class RestoreJob:
         try:
             self._restore_into(engine, record, temp_db, options)
             counts = self._row_check(engine, record, temp_db)
+            # Not swapped in: the target is left as it was.
+            _refuse_wrong_counts(
+                counts,
+                record,
+                f"the restored copy (dropped; {target_db!r} was left untouched) held",
+                "",
+            )
         except BaseException:
             self._drop_quietly(engine, temp_db)
             raise
@@ -468,7 +484,39 @@ class RestoreJob:
             for t, n in expected.items()
             if actual.get(t) != n
         }
-        return {"tables": len(expected), "mismatched": mismatched, "ok": not mismatched}
+        exact = bool(record.stats.get("counts_exact"))
+        return {
+            "tables": len(expected),
+            "mismatched": mismatched,
+            "ok": not mismatched,
+            "exact": exact,
+        }
+
+
+def _refuse_wrong_counts(
+    counts: dict[str, Any], record: BackupRecord, holding: str, advice: str
+) -> None:
+    """Fail the restore when its tables hold other row counts than the dump's own counts (a
+    record whose counts were taken beside the dump only warns: rows written meanwhile).
+
+    ``holding`` says where the rows are now (``… holds``), ``advice`` how to go on."""
+    if counts.get("ok") or not counts.get("exact"):
+        return
+    mismatched: dict[str, dict[str, Any]] = counts["mismatched"]
+    shown = ", ".join(
+        f"{table} (expected {c['expected']}, got {c['actual']})"
+        for table, c in list(mismatched.items())[:5]
+    )
+    more = f" and {len(mismatched) - 5} more" if len(mismatched) > 5 else ""
+    raise RestoreFailed(
+        f"{holding} other row counts than backup {record.id} recorded from the dump itself, "
+        f"in {len(mismatched)} table(s): {shown}{more}",
+        hint=f"{advice}compare those tables with the source, or restore an earlier backup "
+        f"(see: vya-backupdb list {record.backup_info.instance} --database "
+        f"'{record.backup_info.database}'). Likely causes: triggers or rules of the target "
+        "firing during the load, row-level security hiding rows from the restoring user, a "
+        "restore tool older than the dump's.",
+    )
 
 
 def _is_mysql(engine: Engine) -> bool:
