@@ -70,6 +70,9 @@ class Catalog:
             if instance
             else f"{layout.safe_component(self.hostname)}/"
         )
+        return self._metadata_names(prefix)
+
+    def _metadata_names(self, prefix: str) -> Iterator[str]:
         for info in self.storage.list(prefix):
             if info.name.endswith(layout.METADATA_SUFFIX):
                 yield info.name
@@ -173,16 +176,9 @@ class Catalog:
         """Metadata names that may hold ``database``'s records: its own folder (format 1),
         or, for the users pseudo-database, the instance's top level."""
         if database != layout.USERS_DB:
-            for info in self.storage.list(
-                layout.database_prefix(self.hostname, instance, database)
-            ):
-                if info.name.endswith(layout.METADATA_SUFFIX):
-                    yield info.name
-            return
+            return self._metadata_names(layout.database_prefix(self.hostname, instance, database))
         prefix = layout.instance_prefix(self.hostname, instance)
-        for name in self.iter_metadata_names(instance):
-            if "/" not in name[len(prefix) :]:
-                yield name
+        return (n for n in self._metadata_names(prefix) if "/" not in n[len(prefix) :])
 
     def by_id(self, record_id: str) -> BackupRecord:
         return self.load(record_id + layout.METADATA_SUFFIX)
