@@ -77,6 +77,28 @@ def test_codec_truncated_stream_raises_eoferror(name: str) -> None:
             pass
 
 
+@pytest.mark.parametrize("name", ["gzip", "zstd", "lz4"])
+def test_codec_reader_returns_exactly_the_size_asked(name: str) -> None:
+    # The decompressor's outputs are queued as they come and joined per read: a read is
+    # assembled from many small pieces, or cut from a large one, and never loses a byte.
+    compressed = _compress(name, PAYLOAD)
+    reader = get_codec(name).reader(io.BytesIO(compressed))
+    sizes = [1, 7, 4096, 65536, 1 << 20, 3, 200_000]
+    out = bytearray()
+    turn = 0
+    while True:
+        want = sizes[turn % len(sizes)]
+        turn += 1
+        chunk = reader.read(want)
+        if not chunk:
+            break
+        assert isinstance(chunk, bytes)
+        assert len(chunk) == min(want, len(PAYLOAD) - len(out))
+        out += chunk
+    assert bytes(out) == PAYLOAD
+    assert reader.read(10) == b""
+
+
 def test_codec_gzip_reads_concatenated_members() -> None:
     both = _compress("gzip", b"first\n") + _compress("gzip", b"second\n")
     reader = get_codec("gzip").reader(io.BytesIO(both))

@@ -501,13 +501,26 @@ def feed(
     """
     direct = isinstance(source, ToolReader) and source.direct
     stdin: int | IO[bytes] | None = subprocess.DEVNULL
+    sock: socket.socket | None = None  # ours; the tool gets the other end as its stdin
+    theirs: socket.socket | None = None
     if direct:
         assert isinstance(source, ToolReader)
         stdin = source.handoff()
     elif source is not None:
-        stdin = subprocess.PIPE
+        # A socket, not a pipe, for the same reason as _channel: the tools we feed read
+        # their stdin 4 KiB at a time, and a writer on a full pipe is woken for each read.
+        sock, theirs = socket.socketpair()
+        stdin = theirs.fileno()
     out_file = tempfile.TemporaryFile()  # noqa: SIM115 - closed below; bounded by tool output
-    proc = _spawn(command, stdin, out_file)
+    try:
+        proc = _spawn(command, stdin, out_file)
+    except BaseException:
+        if sock is not None:
+            sock.close()
+        raise
+    finally:
+        if theirs is not None:
+            theirs.close()
     if direct:
         assert isinstance(source, ToolReader)
         source.release()  # the child has its copy; ours would keep the producer blocked
@@ -524,18 +537,17 @@ def feed(
                 except subprocess.TimeoutExpired:
                     if cancel is not None and cancel.is_set():
                         raise error_cls("stopped: another worker failed") from None
-        elif source is not None:
-            assert proc.stdin is not None
+        elif sock is not None:
+            assert source is not None
             try:
                 while chunk := source.read(COPY_CHUNK):
                     if cancel is not None and cancel.is_set():
                         raise error_cls("stopped: another worker failed")
-                    proc.stdin.write(chunk)
-            except BrokenPipeError:
+                    sock.sendall(chunk)
+            except (BrokenPipeError, ConnectionResetError):  # the tool stopped reading
                 broken = True
             finally:
-                with contextlib.suppress(BrokenPipeError):
-                    proc.stdin.close()
+                sock.close()
         returncode = proc.wait()
     except BaseException:
         with contextlib.suppress(ProcessLookupError):
