@@ -550,6 +550,8 @@ def feed(
                 sock.close()
         returncode = proc.wait()
     except BaseException:
+        if sock is not None:
+            sock.close()
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()

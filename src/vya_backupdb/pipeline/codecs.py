@@ -124,7 +124,8 @@ class _IncrementalReader:
 
     The decompressor's outputs are kept as they come (a queue of pieces) and joined once per
     read: one copy of every byte. Appending them to a bytearray and slicing each read off it
-    copied every byte three times (append, slice, bytes) — ~0.2 s of CPU per GiB restored.
+    copied every byte three times (append, slice, bytes): the benchmark's 783 MB zstd backup
+    decompressed in 0.33 s that way, 0.29 s this way (the ``zstd`` tool: 0.25–0.28 s).
     """
 
     def __init__(
