@@ -467,6 +467,154 @@ def test_mysql_rename_database_with_views_and_routines_copies_exactly(
             mariadb_server.drop_db(name)
 
 
+def _more_code_objects(db: str) -> list[tuple[str, Any]]:
+    """A view over a view (named to sort first), a function a view calls, two triggers on
+    one table in a set order, a procedure — what the move must re-create in order."""
+    return [
+        ("CREATE FUNCTION `twice`(x INT) RETURNS INT DETERMINISTIC RETURN x * 2", None),
+        ("CREATE VIEW `b base` AS SELECT id, `twice`(id) AS d FROM ai", None),
+        ("CREATE VIEW `a on b` AS SELECT d FROM `b base` WHERE d > 2", None),
+        ("CREATE TABLE audit (n INT AUTO_INCREMENT PRIMARY KEY, what VARCHAR(20))", None),
+        (
+            "CREATE TRIGGER `ai second` AFTER INSERT ON ai FOR EACH ROW"
+            " INSERT INTO audit (what) VALUES ('second')",
+            None,
+        ),
+        (
+            "CREATE TRIGGER `ai first` AFTER INSERT ON ai FOR EACH ROW PRECEDES `ai second`"
+            " INSERT INTO audit (what) VALUES ('first')",
+            None,
+        ),
+    ]
+
+
+def test_mysql_rename_database_moves_code_objects_without_copying(
+    mariadb_server: MariadbServer,
+    tricky_db: str,
+    tricky_dump: tuple[Path, dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Tables move by RENAME TABLE, views/triggers/routines/events are created again from
+    # their SHOW CREATE text: the data is never dumped and loaded again.
+    path, info = tricky_dump
+    engine = _engine(mariadb_server)
+    for name in ("move a", "move b"):
+        mariadb_server.drop_db(name)
+    _restore_file(engine, "move a", path, info["properties"])
+    _execute_all(mariadb_server, "move a", _more_code_objects("move a"))
+    before = snapshot_database(mariadb_server, "move a")
+
+    def no_copy(*args: Any) -> None:
+        raise AssertionError("the database was copied")
+
+    monkeypatch.setattr(engine, "_copy_database", no_copy)
+    try:
+        engine.rename_database("move a", "move b")
+        assert not engine.database_exists("move a")
+        after = snapshot_database(mariadb_server, "move b")
+        assert after == before
+        # The objects work in their new database: the view over a view over a function,
+        # both triggers in their order, the trigger that rewrites the row.
+        _execute_all(mariadb_server, "move b", [("INSERT INTO ai (v) VALUES ('moved')", None)])
+        rows = mariadb_server.query(
+            f"SELECT what FROM {quote_identifier('move b')}.audit ORDER BY n"
+        )
+        assert [r[0] for r in rows] == ["first", "second"]
+        rows = mariadb_server.query(
+            f"SELECT v FROM {quote_identifier('move b')}.ai ORDER BY id DESC LIMIT 1"
+        )
+        assert rows[0][0] == "MOVED"
+        doubled = mariadb_server.query(f"SELECT d FROM {quote_identifier('move b')}.`a on b`")
+        ids = mariadb_server.query(f"SELECT id FROM {quote_identifier('move b')}.ai")
+        assert sorted(r[0] for r in doubled) == sorted(2 * r[0] for r in ids if 2 * r[0] > 2)
+    finally:
+        for name in ("move a", "move b"):
+            mariadb_server.drop_db(name)
+
+
+def test_mysql_rename_database_puts_back_a_failed_move_and_copies(
+    mariadb_server: MariadbServer,
+    tricky_db: str,
+    tricky_dump: tuple[Path, dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An object that cannot be created in the new database: the tables go back with their
+    # triggers, and the database is copied instead — the result is the same.
+    from vya_backupdb.engines import mysql_move
+
+    path, info = tricky_dump
+    engine = _engine(mariadb_server)
+    for name in ("put back a", "put back b"):
+        mariadb_server.drop_db(name)
+    _restore_file(engine, "put back a", path, info["properties"])
+    _execute_all(mariadb_server, "put back a", _more_code_objects("put back a"))
+    before = snapshot_database(mariadb_server, "put back a")
+    create = mysql_move._Session.create
+    seen: dict[str, Any] = {"copies": 0, "moved_tables": None}
+
+    def fail_on_events(self: Any, obj: mysql_move.CodeObject) -> None:
+        if obj.kind == "event" and seen["moved_tables"] is None:
+            seen["moved_tables"] = mariadb_server.query(
+                "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s",
+                args=("put back b",),
+            )[0][0]
+            raise pymysql.err.OperationalError(1537, "injected: event cannot be created")
+        create(self, obj)
+
+    copy = engine._copy_database
+
+    def counting_copy(*args: Any) -> None:
+        seen["copies"] += 1
+        # Put back before the copy: the old database is whole again.
+        assert snapshot_database(mariadb_server, "put back a") == before
+        copy(*args)
+
+    monkeypatch.setattr(mysql_move._Session, "create", fail_on_events)
+    monkeypatch.setattr(engine, "_copy_database", counting_copy)
+    try:
+        engine.rename_database("put back a", "put back b")
+        assert seen["moved_tables"] and seen["moved_tables"] > 0  # the move had begun
+        assert seen["copies"] == 1
+        assert not engine.database_exists("put back a")
+        assert snapshot_database(mariadb_server, "put back b") == before
+    finally:
+        for name in ("put back a", "put back b"):
+            mariadb_server.drop_db(name)
+
+
+def test_mysql_rename_database_copies_what_cannot_be_moved_exactly(
+    mariadb_server: MariadbServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A trigger with non-ASCII text written by a latin1 client: our UTF-8 statements could
+    # not re-create it byte for byte, so the database is copied (nothing was moved first).
+    engine = _engine(mariadb_server)
+    for name in ("latin a", "latin b"):
+        mariadb_server.drop_db(name)
+    mariadb_server.create_db("latin a", "latin1", "latin1_swedish_ci")
+    with contextlib.closing(mariadb_server.connect("latin a")) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE t (s VARCHAR(20)) CHARACTER SET latin1")
+        cur.execute("SET NAMES latin1")
+        cur.execute("CREATE TRIGGER tr BEFORE INSERT ON t FOR EACH ROW SET NEW.s = 'caf\xe9'")
+        cur.execute("SET NAMES utf8mb4")
+        cur.execute("INSERT INTO t VALUES ('x')")
+    before = snapshot_database(mariadb_server, "latin a")
+    copies: list[tuple[Any, ...]] = []
+    copy = engine._copy_database
+
+    def counting_copy(*args: Any) -> None:
+        copies.append(args)
+        copy(*args)
+
+    monkeypatch.setattr(engine, "_copy_database", counting_copy)
+    try:
+        engine.rename_database("latin a", "latin b")
+        assert len(copies) == 1
+        assert snapshot_database(mariadb_server, "latin b") == before
+    finally:
+        for name in ("latin a", "latin b"):
+            mariadb_server.drop_db(name)
+
+
 # -- users and grants ---------------------------------------------------------------------
 
 USER_PASSWORD = "Us3r 'pw' \"q\" \\ ü"

@@ -1416,27 +1416,16 @@ class MysqlEngine:
         with self._cursor(RestoreFailed, f"dropping database {db!r}") as cur:
             cur.execute(f"DROP DATABASE IF EXISTS {quote_identifier(db)}")
 
-    def _has_code_objects(self, db: str) -> bool:
-        counts = self._query(
-            "SELECT (SELECT COUNT(*) FROM information_schema.VIEWS WHERE TABLE_SCHEMA = %s)"
-            " + (SELECT COUNT(*) FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = %s)"
-            " + (SELECT COUNT(*) FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = %s)"
-            " + (SELECT COUNT(*) FROM information_schema.EVENTS WHERE EVENT_SCHEMA = %s)",
-            (db, db, db, db),
-        )
-        return int(counts[0][0]) > 0
-
     def rename_database(self, old: str, new: str) -> None:
         """Rename ``old`` to ``new``; raise NotFoundError, or RestoreFailed when ``new`` exists.
 
-        MariaDB and MySQL have no RENAME DATABASE. When ``old`` holds only tables and
-        sequences, one atomic ``RENAME TABLE a TO new.a, ...`` moves them (metadata only).
-        Views, triggers, routines and events cannot move between databases, and recreating
-        them from SHOW CREATE would mean rewriting their text; so then the database is copied:
-        dump ``old`` → restore into ``new`` → row counts compared → ``old`` dropped (per table
-        with ``jobs`` workers when the instance uses the parallel format and ``jobs`` > 1).
-        ``old`` is dropped only after ``new`` is complete; on failure ``new`` is removed and
-        ``old`` stays.
+        MariaDB and MySQL have no RENAME DATABASE. One atomic ``RENAME TABLE a TO new.a,
+        ...`` moves the tables and sequences (metadata only); views, triggers, routines and
+        events are created again in ``new`` from their SHOW CREATE text (engines/mysql_move.py).
+        Where that cannot be done exactly, the database is copied instead: dump ``old`` →
+        restore into ``new`` → row counts compared (per table with ``jobs`` workers when the
+        instance uses the parallel format and ``jobs`` > 1). ``old`` is dropped only after
+        ``new`` is complete; on failure ``new`` is removed and ``old`` stays.
         Privileges granted on the database name are not moved.
         """
         if not self.database_exists(old):
@@ -1447,21 +1436,7 @@ class MysqlEngine:
                 hint=f"Drop or rename {new!r} first.",
             )
         properties = self.database_properties(old)
-        if not self._has_code_objects(old):
-            tables = self._tables(old, ["BASE TABLE", "SEQUENCE", "SYSTEM VERSIONED"])
-            self.create_database(new, properties)
-            if tables:
-                pairs = ", ".join(
-                    f"{quote_identifier(old)}.{quote_identifier(t)} TO "
-                    f"{quote_identifier(new)}.{quote_identifier(t)}"
-                    for t in tables
-                )
-                try:
-                    with self._cursor(RestoreFailed, f"renaming {old!r} to {new!r}") as cur:
-                        cur.execute(f"RENAME TABLE {pairs}")
-                except RestoreFailed:
-                    self.drop_database(new)
-                    raise
+        if self._move_database(old, new, properties):
             # The tables moved as they were (metadata only): their row counts moved with them.
             known = self._restored_counts.pop(old, None)
             self.drop_database(old)
@@ -1470,6 +1445,30 @@ class MysqlEngine:
             return
         self._copy_database(old, new, properties)
         self.drop_database(old)
+
+    def _move_database(self, old: str, new: str, properties: dict[str, Any]) -> bool:
+        """Move the tables and code objects of ``old`` into a new ``new``; False (nothing
+        changed, ``new`` absent) when it must be copied instead."""
+        from vya_backupdb.engines import mysql_move
+
+        tables = self._tables(old, ["BASE TABLE", "SEQUENCE", "SYSTEM VERSIONED"])
+        self.create_database(new, properties)
+        where = f"moving {old!r} to {new!r}"
+        try:
+            with self._cursor(RestoreFailed, where) as cur:
+                mysql_move.move_database(cur, old, new, tables)
+        except (mysql_move.CannotMove, mysql_move.MoveFailed) as exc:
+            log.info("%s: %s; copying the database instead", where, exc)
+            self.drop_database(new)
+            return False
+        except RestoreFailed as exc:
+            # Even putting things back failed: say where the tables are.
+            raise RestoreFailed(
+                f"{exc.message}; the tables of {old!r} may now be in {new!r}",
+                hint=f"Compare the two databases (SHOW TABLES) before dropping either; "
+                f"{new!r} holds the tables {old!r} had if {old!r} has none.",
+            ) from None
+        return True
 
     def _copy_database(self, old: str, new: str, properties: dict[str, Any]) -> None:
         expected = self.restored_table_stats(old)
