@@ -140,6 +140,44 @@ def test_adopted_head_start_dumps_and_counts_in_one_snapshot_under_concurrent_in
     assert _wait_no_sessions(pg_server, busy_db) == 0
 
 
+def test_row_counts_beside_the_dump_use_no_parallel_workers(
+    pg_server: PgServer, busy_db: str, tmp_path: Path
+) -> None:
+    """The counts run beside the dump on cores it needs, and parallel workers come out of the
+    pool the applications share: one process per count, even where the planner would go
+    parallel (here: parallel plans made free). auto_explain logs each count's plan."""
+    settings = {
+        "parallel_setup_cost": "0",
+        "parallel_tuple_cost": "0",
+        "min_parallel_table_scan_size": "0",
+        "min_parallel_index_scan_size": "0",
+        "session_preload_libraries": "'auto_explain'",
+        "auto_explain.log_min_duration": "0",
+    }
+    q = '"' + busy_db.replace('"', '""') + '"'
+    pg_server.psql(";".join(f"ALTER DATABASE {q} SET {k} = {v}" for k, v in settings.items()))
+    # The planner does go parallel for this count in this database (what the fix prevents):
+    with contextlib.closing(pg_server.connect(busy_db)) as conn:
+        plan = "\n".join(
+            r[0] for r in conn.execute("EXPLAIN SELECT count(*) FROM public.orders").fetchall()
+        )
+    assert "Workers Planned" in plan
+    log = pg_server.base_dir / "server.log"
+    offset = log.stat().st_size
+    instance = _instance(pg_server)
+    engine = PostgresEngine(instance, pg_server.password)
+    with engine.dump(busy_db) as stream, (tmp_path / "d.dump").open("wb") as out:
+        while chunk := stream.read(1 << 16):
+            out.write(chunk)
+    assert stream.row_counts == {"public.orders": 2000, "public.refs": 77}
+    with log.open("rb") as handle:
+        handle.seek(offset)
+        logged = handle.read().decode("utf-8", errors="replace")
+    counts = [part for part in logged.split("Query Text:") if "SELECT count(*) FROM" in part]
+    assert len(counts) >= 2, logged[-2000:]
+    assert not [part for part in counts if "Workers" in part or "Gather" in part]
+
+
 def test_head_start_never_adopted_is_stopped_and_leaves_no_session(
     pg_server: PgServer, busy_db: str
 ) -> None:

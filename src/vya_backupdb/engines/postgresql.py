@@ -1225,6 +1225,11 @@ class _SnapshotCounter:
             self._released.wait()
             if self._abandoned:
                 return {}
+            # One process per count: beside a running dump, parallel workers only add CPU on
+            # cores the dump needs (a large table's count used ~3× the CPU of a serial one),
+            # and they come out of the server's pool the applications share. Eleventh round:
+            # 0.3–0.4 s less CPU per backup of the 1 GiB benchmark database.
+            self._conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
             return {
                 f"{schema}.{table}": _count(self._conn, schema, table)
                 for schema, table in _user_tables(self._conn)
