@@ -467,25 +467,37 @@ def test_mysql_rename_database_with_views_and_routines_copies_exactly(
             mariadb_server.drop_db(name)
 
 
-def _more_code_objects(db: str) -> list[tuple[str, Any]]:
-    """A view over a view (named to sort first), a function a view calls, two triggers on
-    one table in a set order, a procedure — what the move must re-create in order."""
-    return [
-        ("CREATE FUNCTION `twice`(x INT) RETURNS INT DETERMINISTIC RETURN x * 2", None),
-        ("CREATE VIEW `b base` AS SELECT id, `twice`(id) AS d FROM ai", None),
-        ("CREATE VIEW `a on b` AS SELECT d FROM `b base` WHERE d > 2", None),
-        ("CREATE TABLE audit (n INT AUTO_INCREMENT PRIMARY KEY, what VARCHAR(20))", None),
-        (
-            "CREATE TRIGGER `ai second` AFTER INSERT ON ai FOR EACH ROW"
-            " INSERT INTO audit (what) VALUES ('second')",
-            None,
-        ),
-        (
-            "CREATE TRIGGER `ai first` AFTER INSERT ON ai FOR EACH ROW PRECEDES `ai second`"
-            " INSERT INTO audit (what) VALUES ('first')",
-            None,
-        ),
-    ]
+def _db_with_code_objects(
+    server: MariadbServer, engine: MysqlEngine, dump: tuple[Path, dict[str, Any]], db: str
+) -> Any:
+    """Restore the tricky dump as ``db`` (``db`` and ``"{db} b"`` dropped first), add a view
+    over a view (named to sort first), a function a view calls and two triggers on one table
+    in a set order — what a move must create again in order; return the snapshot of ``db``."""
+    path, info = dump
+    for name in (db, f"{db} b"):
+        server.drop_db(name)
+    _restore_file(engine, db, path, info["properties"])
+    _execute_all(
+        server,
+        db,
+        [
+            ("CREATE FUNCTION `twice`(x INT) RETURNS INT DETERMINISTIC RETURN x * 2", None),
+            ("CREATE VIEW `b base` AS SELECT id, `twice`(id) AS d FROM ai", None),
+            ("CREATE VIEW `a on b` AS SELECT d FROM `b base` WHERE d > 2", None),
+            ("CREATE TABLE audit (n INT AUTO_INCREMENT PRIMARY KEY, what VARCHAR(20))", None),
+            (
+                "CREATE TRIGGER `ai second` AFTER INSERT ON ai FOR EACH ROW"
+                " INSERT INTO audit (what) VALUES ('second')",
+                None,
+            ),
+            (
+                "CREATE TRIGGER `ai first` AFTER INSERT ON ai FOR EACH ROW PRECEDES `ai second`"
+                " INSERT INTO audit (what) VALUES ('first')",
+                None,
+            ),
+        ],
+    )
+    return snapshot_database(server, db)
 
 
 def test_mysql_rename_database_moves_code_objects_without_copying(
@@ -496,39 +508,34 @@ def test_mysql_rename_database_moves_code_objects_without_copying(
 ) -> None:
     # Tables move by RENAME TABLE, views/triggers/routines/events are created again from
     # their SHOW CREATE text: the data is never dumped and loaded again.
-    path, info = tricky_dump
     engine = _engine(mariadb_server)
-    for name in ("move a", "move b"):
-        mariadb_server.drop_db(name)
-    _restore_file(engine, "move a", path, info["properties"])
-    _execute_all(mariadb_server, "move a", _more_code_objects("move a"))
-    before = snapshot_database(mariadb_server, "move a")
+    before = _db_with_code_objects(mariadb_server, engine, tricky_dump, "move a")
 
     def no_copy(*args: Any) -> None:
         raise AssertionError("the database was copied")
 
     monkeypatch.setattr(engine, "_copy_database", no_copy)
     try:
-        engine.rename_database("move a", "move b")
+        engine.rename_database("move a", "move a b")
         assert not engine.database_exists("move a")
-        after = snapshot_database(mariadb_server, "move b")
+        after = snapshot_database(mariadb_server, "move a b")
         assert after == before
         # The objects work in their new database: the view over a view over a function,
         # both triggers in their order, the trigger that rewrites the row.
-        _execute_all(mariadb_server, "move b", [("INSERT INTO ai (v) VALUES ('moved')", None)])
+        _execute_all(mariadb_server, "move a b", [("INSERT INTO ai (v) VALUES ('moved')", None)])
         rows = mariadb_server.query(
-            f"SELECT what FROM {quote_identifier('move b')}.audit ORDER BY n"
+            f"SELECT what FROM {quote_identifier('move a b')}.audit ORDER BY n"
         )
         assert [r[0] for r in rows] == ["first", "second"]
         rows = mariadb_server.query(
-            f"SELECT v FROM {quote_identifier('move b')}.ai ORDER BY id DESC LIMIT 1"
+            f"SELECT v FROM {quote_identifier('move a b')}.ai ORDER BY id DESC LIMIT 1"
         )
         assert rows[0][0] == "MOVED"
-        doubled = mariadb_server.query(f"SELECT d FROM {quote_identifier('move b')}.`a on b`")
-        ids = mariadb_server.query(f"SELECT id FROM {quote_identifier('move b')}.ai")
+        doubled = mariadb_server.query(f"SELECT d FROM {quote_identifier('move a b')}.`a on b`")
+        ids = mariadb_server.query(f"SELECT id FROM {quote_identifier('move a b')}.ai")
         assert sorted(r[0] for r in doubled) == sorted(2 * r[0] for r in ids if 2 * r[0] > 2)
     finally:
-        for name in ("move a", "move b"):
+        for name in ("move a", "move a b"):
             mariadb_server.drop_db(name)
 
 
@@ -542,13 +549,8 @@ def test_mysql_rename_database_puts_back_a_failed_move_and_copies(
     # triggers, and the database is copied instead — the result is the same.
     from vya_backupdb.engines import mysql_move
 
-    path, info = tricky_dump
     engine = _engine(mariadb_server)
-    for name in ("put back a", "put back b"):
-        mariadb_server.drop_db(name)
-    _restore_file(engine, "put back a", path, info["properties"])
-    _execute_all(mariadb_server, "put back a", _more_code_objects("put back a"))
-    before = snapshot_database(mariadb_server, "put back a")
+    before = _db_with_code_objects(mariadb_server, engine, tricky_dump, "put back a")
     create = mysql_move._Session.create
     seen: dict[str, Any] = {"copies": 0, "moved_tables": None}
 
@@ -556,7 +558,7 @@ def test_mysql_rename_database_puts_back_a_failed_move_and_copies(
         if obj.kind == "event" and seen["moved_tables"] is None:
             seen["moved_tables"] = mariadb_server.query(
                 "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s",
-                args=("put back b",),
+                args=("put back a b",),
             )[0][0]
             raise pymysql.err.OperationalError(1537, "injected: event cannot be created")
         create(self, obj)
@@ -572,13 +574,13 @@ def test_mysql_rename_database_puts_back_a_failed_move_and_copies(
     monkeypatch.setattr(mysql_move._Session, "create", fail_on_events)
     monkeypatch.setattr(engine, "_copy_database", counting_copy)
     try:
-        engine.rename_database("put back a", "put back b")
+        engine.rename_database("put back a", "put back a b")
         assert seen["moved_tables"] and seen["moved_tables"] > 0  # the move had begun
         assert seen["copies"] == 1
         assert not engine.database_exists("put back a")
-        assert snapshot_database(mariadb_server, "put back b") == before
+        assert snapshot_database(mariadb_server, "put back a b") == before
     finally:
-        for name in ("put back a", "put back b"):
+        for name in ("put back a", "put back a b"):
             mariadb_server.drop_db(name)
 
 

@@ -89,45 +89,39 @@ def _object(kind: str, name: str, values: dict[str, Any], text_column: str) -> C
     return CodeObject(kind, name, text, settings)
 
 
+#: Each kind's names, in the order they are to be created again (a trigger's action order).
+_LISTINGS = (
+    "SELECT ROUTINE_NAME, ROUTINE_TYPE FROM information_schema.ROUTINES"
+    " WHERE ROUTINE_SCHEMA = %s ORDER BY ROUTINE_TYPE, ROUTINE_NAME",
+    "SELECT TABLE_NAME, 'VIEW' FROM information_schema.VIEWS WHERE TABLE_SCHEMA = %s"
+    " ORDER BY TABLE_NAME",
+    "SELECT TRIGGER_NAME, 'TRIGGER' FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = %s"
+    " ORDER BY EVENT_OBJECT_TABLE, ACTION_TIMING, EVENT_MANIPULATION, ACTION_ORDER",
+    "SELECT EVENT_NAME, 'EVENT' FROM information_schema.EVENTS WHERE EVENT_SCHEMA = %s"
+    " ORDER BY EVENT_NAME",
+)
+#: The SHOW CREATE column holding each kind's statement.
+_TEXT_COLUMNS = {
+    "PROCEDURE": "Create Procedure",
+    "FUNCTION": "Create Function",
+    "VIEW": "Create View",
+    "TRIGGER": "SQL Original Statement",
+    "EVENT": "Create Event",
+}
+
+
 def read_code_objects(cur: pymysql.cursors.Cursor, db: str) -> list[CodeObject]:
-    """Return the views, triggers, routines and events of ``db`` in the order they are to
+    """Return the routines, views, triggers and events of ``db`` in the order they are to
     be created again. ``cur``'s default database must be ``db`` (see the module docstring)."""
     objects: list[CodeObject] = []
-    cur.execute(
-        "SELECT ROUTINE_NAME, ROUTINE_TYPE FROM information_schema.ROUTINES"
-        " WHERE ROUTINE_SCHEMA = %s ORDER BY ROUTINE_TYPE, ROUTINE_NAME",
-        (db,),
-    )
-    for name, kind in list(cur.fetchall()):
-        kind = str(kind).upper()
-        if kind not in ("PROCEDURE", "FUNCTION"):
-            raise CannotMove(f"{kind.lower()} {name!r} cannot be moved")
-        values = _row(cur, f"SHOW CREATE {kind} {quote_identifier(name)}")
-        objects.append(_object(kind.lower(), name, values, f"Create {kind.title()}"))
-    cur.execute(
-        "SELECT TABLE_NAME FROM information_schema.VIEWS WHERE TABLE_SCHEMA = %s"
-        " ORDER BY TABLE_NAME",
-        (db,),
-    )
-    for (name,) in list(cur.fetchall()):
-        values = _row(cur, f"SHOW CREATE VIEW {quote_identifier(name)}")
-        objects.append(_object("view", name, values, "Create View"))
-    cur.execute(
-        "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = %s"
-        " ORDER BY EVENT_OBJECT_TABLE, ACTION_TIMING, EVENT_MANIPULATION, ACTION_ORDER",
-        (db,),
-    )
-    for (name,) in list(cur.fetchall()):
-        values = _row(cur, f"SHOW CREATE TRIGGER {quote_identifier(name)}")
-        objects.append(_object("trigger", name, values, "SQL Original Statement"))
-    cur.execute(
-        "SELECT EVENT_NAME FROM information_schema.EVENTS WHERE EVENT_SCHEMA = %s"
-        " ORDER BY EVENT_NAME",
-        (db,),
-    )
-    for (name,) in list(cur.fetchall()):
-        values = _row(cur, f"SHOW CREATE EVENT {quote_identifier(name)}")
-        objects.append(_object("event", name, values, "Create Event"))
+    for listing in _LISTINGS:
+        cur.execute(listing, (db,))
+        for name, kind in list(cur.fetchall()):
+            kind = str(kind).upper()
+            if kind not in _TEXT_COLUMNS:  # e.g. MariaDB's PACKAGE (Oracle mode)
+                raise CannotMove(f"{kind.lower()} {name!r} cannot be moved")
+            values = _row(cur, f"SHOW CREATE {kind} {quote_identifier(name)}")
+            objects.append(_object(kind.lower(), name, values, _TEXT_COLUMNS[kind]))
     return objects
 
 
