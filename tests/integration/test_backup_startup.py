@@ -81,7 +81,7 @@ def _backup_in_subprocess(
         popen_init = subprocess.Popen.__init__
         def probe(self, args, *a, **k):
             spawned.append({{"argv": [str(x) for x in args], "modules": sorted(
-                m for m in ("psycopg", "pymysql", "typer", "vya_backupdb.jobs.backup")
+                m for m in ("psycopg", "pymysql", "typer", "pydantic", "vya_backupdb.jobs.backup")
                 if m in sys.modules
             )}})
             popen_init(self, args, *a, **k)
@@ -180,8 +180,9 @@ def test_pg_backup_of_a_named_database_starts_pg_dump_before_the_job_and_driver_
     dumps = [s for s in record["test_spawned"] if "--format=custom" in s["argv"]]
     assert len(dumps) == 1  # adopted: the job did not start a second pg_dump
     [snapshot] = [a for a in dumps[0]["argv"] if a.startswith("--snapshot=")]
-    # psql is started on the main thread before anything else loads (pg_dump follows on a
-    # thread as soon as psql prints the snapshot, while Typer imports: not asserted here).
+    # psql is started on the main thread before anything else loads — the configuration
+    # models (pydantic) included: the instance is read from the document (cli/early.py);
+    # pg_dump follows on a thread as soon as psql prints the snapshot (not asserted here).
     exporters = [s for s in record["test_spawned"] if s["argv"][0].endswith("psql")]
     assert len(exporters) == 1 and exporters[0]["modules"] == []
     assert pg_server.password not in json.dumps(record["test_spawned"])

@@ -50,6 +50,11 @@ def _instance(server: PgServer, **overrides: Any) -> InstanceConfig:
     return instance
 
 
+def _start(instance: InstanceConfig, password: str | None, db: str) -> pg_head.HeadStart | None:
+    return pg_head.start(instance.id, instance, password, db,
+                         fmt=instance.format, options=instance.dump_options)  # fmt: skip
+
+
 def _sessions(server: PgServer, db: str) -> int:
     with contextlib.closing(server.connect()) as conn:
         row = conn.execute(
@@ -108,7 +113,7 @@ def test_adopted_head_start_dumps_and_counts_in_one_snapshot_under_concurrent_in
     try:
         while inserted[0] < 20:
             time.sleep(0.01)
-        head = pg_head.start(instance, pg_server.password, busy_db)
+        head = _start(instance, pg_server.password, busy_db)
         assert head is not None
         engine = PostgresEngine(instance, pg_server.password)
         engine.adopt_head_start(head)
@@ -181,7 +186,7 @@ def test_row_counts_beside_the_dump_use_no_parallel_workers(
 def test_head_start_never_adopted_is_stopped_and_leaves_no_session(
     pg_server: PgServer, busy_db: str
 ) -> None:
-    head = pg_head.start(_instance(pg_server), pg_server.password, busy_db)
+    head = _start(_instance(pg_server), pg_server.password, busy_db)
     assert head is not None
     started = head._started.result()
     assert started is not None
@@ -201,7 +206,7 @@ def test_head_start_that_cannot_start_gives_way_to_the_ordinary_path(
         password = "not-" + pg_server.password
     else:
         db = "no such database here"
-    head = pg_head.start(_instance(pg_server), password, db)
+    head = _start(_instance(pg_server), password, db)
     assert head is not None
     assert head.adopt() is None  # psql could not export a snapshot: nothing was started
     head.close()
@@ -237,3 +242,38 @@ def test_console_script_head_start_is_taken_only_by_the_same_backup(
         assert started.head._exporter.poll() is not None
     assert _wait_no_sessions(pg_server, busy_db) == 0
     early.close()  # nothing left: a no-op
+
+
+@pytest.mark.parametrize("change", ["user in the file", "password in the environment"])
+def test_head_start_from_the_document_is_refused_when_the_validated_commands_differ(
+    pg_server: PgServer,
+    busy_db: str,
+    tmp_path: Path,
+    change: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """cli/early.py reads the instance from the configuration document before validation;
+    the backup takes that dump only when the validated instance gives the very same psql and
+    pg_dump commands — here the file or the password changed in between: it is stopped."""
+    import os
+
+    import yaml
+
+    from vya_backupdb.cli import early
+    from vya_backupdb.config.loader import load_settings
+
+    config = write_config(tmp_path, [pg_server.instance_config("pg-head")])
+    environ = dict(os.environ)
+    early.start(["-c", str(config), "backup", "pg-head", "-d", busy_db], environ)
+    started = early._started
+    assert started is not None
+    if change == "user in the file":
+        document = yaml.safe_load(config.read_text(encoding="utf-8"))
+        document["instances"][0]["user"] = "someone_else"
+        config.write_text(yaml.safe_dump(document), encoding="utf-8")
+    else:
+        monkeypatch.setenv(pg_server.password_env, "another password")
+    loaded = load_settings(config, None, dict(os.environ))
+    assert early.take(loaded, "pg-head", [busy_db]) is None
+    assert started.head._exporter.poll() is not None
+    assert _wait_no_sessions(pg_server, busy_db) == 0

@@ -93,3 +93,73 @@ def test_config_loaded_early_is_reused_once_for_the_same_file_and_overlay(
     assert early.loaded_config(config, None) is None  # once
     early.start(["-c", str(tmp_path / "missing.json"), "backup", "lite", "-d", "x"], {})
     assert early.loaded_config(tmp_path / "missing.json", None) is None  # the command reports
+
+
+# -- the instance read from the configuration document, before validation ---------------------
+def _pg(**entry: object) -> dict[str, object]:
+    return {"id": "pg", "type": "postgresql", "host": "db1", "user": "backup", **entry}
+
+
+def test_document_instance_with_a_password_from_the_environment(tmp_path: Path) -> None:
+    from vya_backupdb.cli.early import _document_instance
+
+    found = _document_instance(
+        _pg(port="5433", password_env="PGPW", dump_options=["--no-comments"]),
+        tmp_path,
+        {"PGPW": "s3cret"},
+    )
+    assert found is not None
+    server, password, fmt, options = found
+    assert (server.effective_host, server.effective_port, server.user) == ("db1", 5433, "backup")
+    assert (password, fmt, options) == ("s3cret", "custom", ("--no-comments",))
+    # Defaults as the models give them: localhost, PostgreSQL's port.
+    bare = _document_instance(_pg(host=None, password_env="PGPW"), tmp_path, {"PGPW": "x"})
+    assert bare is not None and (bare[0].effective_host, bare[0].effective_port) == (
+        "localhost",
+        5432,
+    )
+
+
+def test_document_instance_reads_a_relative_password_file_beside_the_config(
+    tmp_path: Path,
+) -> None:
+    from vya_backupdb.cli.early import _document_instance
+
+    (tmp_path / "pg.pass").write_text("from-file\nsecond line\n", encoding="utf-8")
+    found = _document_instance(_pg(password_file="pg.pass"), tmp_path, {})
+    assert found is not None and found[1] == "from-file"
+    assert _document_instance(_pg(password_file="missing.pass"), tmp_path, {}) is None
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        _pg(type="mariadb", password_env="PGPW"),
+        _pg(password_env="UNSET_VARIABLE"),  # the validated path reports it
+        _pg(),  # no source: the credential store, which the document reading does not open
+        _pg(password="enc:abc"),
+        _pg(password_command="get-pw", password_env="PGPW"),
+        _pg(credential="other", password_env="PGPW"),
+        _pg(directory_format_above_bytes="10GB", password_env="PGPW"),
+        _pg(format="directory", password_env="PGPW"),
+        _pg(port="54x", password_env="PGPW"),
+        _pg(port=True, password_env="PGPW"),
+        _pg(host=["db1"], password_env="PGPW"),
+        _pg(dump_options="--no-comments", password_env="PGPW"),
+    ],
+)
+def test_document_instance_leaves_anything_else_to_the_validated_path(
+    tmp_path: Path, entry: dict[str, object]
+) -> None:
+    from vya_backupdb.cli.early import _document_instance
+
+    assert _document_instance(entry, tmp_path, {"PGPW": "x"}) is None
+
+
+def test_document_settings_keys_are_the_models_top_level_settings() -> None:
+    """``VYA_*`` overrides are told from other variables by these names (config/document.py
+    keeps them without importing the models)."""
+    from vya_backupdb.config.document import SETTINGS_KEYS
+    from vya_backupdb.config.models import Settings
+
+    assert set(Settings.model_fields) == SETTINGS_KEYS

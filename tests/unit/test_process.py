@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import io
 import os
 import signal
 import stat
+import sys
 import threading
 import time
 from pathlib import Path
@@ -294,3 +296,124 @@ def test_a_dump_tool_writing_its_stdout_gets_a_big_stdio_buffer_through_libstdbu
     # The default: 4 KiB writes, a wake-up of the reader each; with the buffer: 1 MiB ones.
     assert _writes_for_first_mib(0) >= 200
     assert _writes_for_first_mib(1 << 20) <= 2
+
+
+# -- read ahead (a head start's dump, engines/pg_head.py) -------------------------------------
+#: More than a pipe holds (1 MiB at most here): without a reader, the tool would block.
+_AHEAD_BYTES = 6 * 1024 * 1024
+
+
+def _patterned(n: int) -> bytes:
+    """``n`` pseudo-random bytes: a swapped, lost or repeated chunk shows."""
+    return hashlib.shake_256(b"read-ahead").digest(n)
+
+
+def _writer(n: int, then: str = "exit 0") -> Command:
+    """A tool writing ``_patterned(n)`` to stdout, then running ``then``."""
+    code = (
+        "import hashlib, sys; "
+        f"sys.stdout.buffer.write(hashlib.shake_256(b'read-ahead').digest({n})); "
+        "sys.stdout.flush()"
+    )
+    return Command(["/bin/sh", "-c", f'{sys.executable} -c "{code}" && {then}'])
+
+
+def _read_all(reader: ToolReader, size: int = 1024 * 1024) -> bytes:
+    parts = []
+    while chunk := reader.read(size):
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _wait_exited(reader: ToolReader, timeout: float = 20) -> bool:
+    deadline = time.monotonic() + timeout
+    while reader._proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return reader._proc.poll() is not None
+
+
+def test_read_ahead_lets_the_tool_finish_before_anyone_reads_and_serves_every_byte() -> None:
+    with ToolReader(_writer(_AHEAD_BYTES), pipe_size=1024 * 1024) as reader:
+        reader.read_ahead(64 * 1024 * 1024)
+        assert _wait_exited(reader)  # it wrote 6 MiB with nobody reading: they were kept
+        data = _read_all(reader, 100_000)  # reads of another size than the copy's chunks
+    assert data == _patterned(_AHEAD_BYTES)
+
+
+def test_read_ahead_stops_at_its_limit_then_the_stream_goes_on_in_order() -> None:
+    with ToolReader(_writer(_AHEAD_BYTES), pipe_size=1024 * 1024) as reader:
+        reader.read_ahead(1_500_000)
+        ahead = reader._ahead
+        assert ahead is not None
+        deadline = time.monotonic() + 20
+        while ahead._written < 1_500_000 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)
+        assert ahead._written == 1_500_000  # not a byte more
+        assert reader._proc.poll() is None  # the tool waits for the reader
+        into = bytearray(300_000)
+        first = bytes(into[: reader.readinto(into)])
+        data = first + _read_all(reader)
+    assert data == _patterned(_AHEAD_BYTES)
+
+
+def test_read_ahead_of_a_tool_that_fails_still_fails_the_reader() -> None:
+    with (
+        pytest.raises(BackupFailed, match="exited with status 3"),
+        ToolReader(_writer(2_000_000, "exit 3"), pipe_size=1024 * 1024) as reader,
+    ):
+        reader.read_ahead(64 * 1024 * 1024)
+        assert _wait_exited(reader)
+        assert _read_all(reader) == _patterned(2_000_000)  # what it wrote, then the failure
+
+
+def test_read_ahead_abandoned_unread_kills_the_tool_and_closes_its_file() -> None:
+    reader = ToolReader(_writer(_AHEAD_BYTES, "sleep 30"), pipe_size=1024 * 1024)
+    reader.read_ahead(64 * 1024 * 1024)
+    ahead = reader._ahead
+    assert ahead is not None
+    reader.abort()
+    assert reader._proc.poll() is not None
+    assert ahead._file.closed and reader._ahead is None
+
+
+def test_read_ahead_keeps_a_chunk_its_file_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Disk full while copying ahead: the chunk in hand is served after the file, not lost."""
+    real_write = os.write
+    calls = {"n": 0}
+
+    def full_after_two(fd: int, data: bytes | memoryview) -> int:
+        if threading.current_thread().name == "read-ahead":
+            calls["n"] += 1
+            if calls["n"] > 2:
+                raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", full_after_two)
+    with ToolReader(_writer(_AHEAD_BYTES), pipe_size=1024 * 1024) as reader:
+        reader.read_ahead(64 * 1024 * 1024)
+        deadline = time.monotonic() + 20
+        while calls["n"] <= 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        data = _read_all(reader)
+    assert calls["n"] == 3  # two chunks in the file, the third refused: copying stopped
+    assert data == _patterned(_AHEAD_BYTES)
+
+
+def test_a_direct_reader_cannot_read_ahead() -> None:
+    with ToolReader(_sh("echo x"), direct=True) as reader:
+        with pytest.raises(ValueError, match="handed off"):
+            reader.read_ahead(1024)
+        assert reader.read() == b"x\n"
+
+
+def test_read_ahead_without_a_temporary_directory_just_reads_the_stream(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "gone"))
+    with ToolReader(_writer(2_000_000), pipe_size=1024 * 1024) as reader:
+        reader.read_ahead(64 * 1024 * 1024)
+        assert reader._ahead is None
+        assert _read_all(reader) == _patterned(2_000_000)

@@ -1,17 +1,26 @@
-"""Work a command starts before the CLI framework loads: the backup's head start.
+r"""Work a command starts before the CLI framework loads: the backup's head start.
 
-Typer and the pydantic adapters it builds for every parameter take ~75 ms to import and set
-up, and a backup's dump tool used to wait for them (issue 6 compares the whole run with the
-native pipeline). :func:`start`, called by the console script before anything imports Typer,
-recognises the plain form ``[global options] backup INSTANCE -d DB [-d DB…] [options]``,
-loads the configuration exactly as the command will, and starts the dump of the first
-database (:mod:`vya_backupdb.engines.pg_head`). The backup command then :func:`take`\\ s it —
-only when its own parsing ended with the same config file, overlay, instance, databases and
-instance settings; anything else is closed unused (:func:`close`, also called at exit).
+A backup's dump tool used to wait for the command's start-up: the configuration models
+(pydantic, ~0.2 s to import), Typer, the driver. :func:`start`, called by the console script
+before anything imports them, recognises the plain form ``[global options] backup INSTANCE -d
+DB [-d DB…] [options]`` and starts the dump of the first database
+(:mod:`vya_backupdb.engines.pg_head`) from the configuration *document* — the file with its
+overlay and ``VYA_*`` overrides, read without the models (config/document.py) — when the
+instance is PostgreSQL and names its server and password plainly (``host``/``port``/
+``socket``/``user``, ``password_env`` or ``password_file``). Otherwise (a password from the
+credential store, …) it validates the configuration first, as the command will, and starts
+the dump from that.
 
-This module imports neither Typer nor the engines' drivers. Its parsing is deliberately
-narrow: any option it does not know, ``--help``, ``--dry-run``, ``--all`` or a second
-instance give no head start, and the command runs exactly as without it.
+Either way the backup command then :func:`take`\ s it only when its own parsing ended with
+the same config file, overlay, instance and databases, and the running psql and pg_dump are
+exactly what the engine would run for the validated instance (same command lines, same
+environments, same password: ``HeadStart.matches``); anything else is closed unused
+(:func:`close`, also called at exit). Reading the document can therefore never make a backup
+dump something other than what the validated configuration says.
+
+This module imports neither Typer, pydantic nor the engines' drivers. Its parsing is
+deliberately narrow: any option it does not know, ``--help``, ``--dry-run``, ``--all`` or a
+second instance give no head start, and the command runs exactly as without it.
 """
 
 from __future__ import annotations
@@ -50,8 +59,34 @@ class Parsed:
 @dataclass
 class _Early:
     parsed: Parsed
-    loaded: LoadedConfig
+    #: The config file it was started from.
+    path: Path
     head: HeadStart
+
+
+@dataclass(frozen=True)
+class _DocumentServer:
+    """A PostgreSQL server as the configuration document names it (``PgServer``)."""
+
+    host: str | None
+    port: int | None
+    socket: Path | None
+    user: str | None
+
+    @property
+    def effective_host(self) -> str:
+        return self.host or "localhost"
+
+    @property
+    def effective_port(self) -> int | None:
+        return self.port or 5432
+
+
+#: Instance keys whose value the document reading does not resolve itself (an encrypted or
+#: stored password, a command, a size-dependent format): their instances take the validated
+#: path.
+_NOT_FROM_DOCUMENT = ("password", "password_command", "credential",
+                      "directory_format_above_bytes")  # fmt: skip
 
 
 _started: _Early | None = None
@@ -119,6 +154,9 @@ def start(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> None:
     if parsed is None or any(k.startswith("_") and k.endswith("_COMPLETE") for k in environ):
         return
     try:
+        _started = _from_document(parsed, environ)
+        if _started is not None:
+            return
         from vya_backupdb.config.loader import load_settings
         from vya_backupdb.engines import pg_head
 
@@ -128,8 +166,79 @@ def start(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> None:
         head = pg_head.start_named(loaded, instance, parsed.databases)
     except (VyaError, OSError):  # the command reports every problem itself
         return
-    if head is not None:
-        _started = _Early(parsed, loaded, head)
+    if head is not None and loaded.path is not None:
+        _started = _Early(parsed, loaded.path, head)
+
+
+def _from_document(parsed: Parsed, environ: Mapping[str, str]) -> _Early | None:
+    """Start the head start from the configuration document, before any validation; None
+    when the instance is not one this reading resolves (see the module docstring)."""
+    from vya_backupdb.config.document import read_document
+    from vya_backupdb.engines import pg_head
+    from vya_backupdb.engines.pg_commands import chooses_snapshot
+
+    path, _, data = read_document(parsed.config, parsed.env, environ)
+    instances = data.get("instances")
+    entries = [
+        entry
+        for entry in (instances if isinstance(instances, list) else [])
+        if isinstance(entry, dict) and entry.get("id") == parsed.instance
+    ]
+    if len(entries) != 1:
+        return None
+    found = _document_instance(entries[0], path.parent, environ)
+    if found is None:
+        return None
+    server, password, fmt, options = found
+    if chooses_snapshot(options):
+        return None
+    head = pg_head.start(parsed.instance, server, password, parsed.databases[0],
+                         fmt=fmt, options=options)  # fmt: skip
+    return None if head is None else _Early(parsed, path, head)
+
+
+def _document_instance(
+    entry: Mapping[str, object], config_dir: Path, environ: Mapping[str, str]
+) -> tuple[_DocumentServer, str | None, str, tuple[str, ...]] | None:
+    """Return (server, password, format, dump options) of a PostgreSQL instance entry whose
+    values are plainly given; None for any other."""
+    if entry.get("type") != "postgresql" or any(
+        entry.get(key) is not None for key in _NOT_FROM_DOCUMENT
+    ):
+        return None
+    texts = [entry.get(key) for key in ("host", "socket", "user")]
+    port = entry.get("port")
+    fmt = entry.get("format", "custom")
+    options = entry.get("dump_options") or []
+    if isinstance(port, str) and port.isdigit():
+        port = int(port)  # VYA_INSTANCES__PG__PORT=5433
+    if (
+        not all(v is None or isinstance(v, str) for v in texts)
+        or not (port is None or (isinstance(port, int) and not isinstance(port, bool)))
+        or fmt not in ("custom", "plain")
+        or not (isinstance(options, list) and all(isinstance(o, str) for o in options))
+    ):
+        return None
+    host, socket, user = (None if v is None else str(v) for v in texts)
+    password: str | None = None
+    password_env, password_file = entry.get("password_env"), entry.get("password_file")
+    if isinstance(password_env, str):
+        password = environ.get(password_env)
+    elif isinstance(password_file, str):
+        from vya_backupdb.secrets.files import read_password_file
+
+        path = Path(password_file).expanduser()
+        try:
+            password = read_password_file(path if path.is_absolute() else config_dir / path)[0]
+        except (OSError, UnicodeDecodeError):
+            return None
+    if password is None:
+        return None  # unset variable, or the credential store: the validated path
+    from vya_backupdb.secrets.redaction import register_secret
+
+    register_secret(password)
+    server = _DocumentServer(host, port, None if socket is None else Path(socket), user)
+    return server, password, str(fmt), tuple(options)
 
 
 def loaded_config(config: Path | None, env: str | None) -> LoadedConfig | None:
@@ -145,22 +254,37 @@ def loaded_config(config: Path | None, env: str | None) -> LoadedConfig | None:
 
 def take(loaded: LoadedConfig, instance: str, databases: Sequence[str]) -> HeadStart | None:
     """Return the head start begun for this very backup — same config file and overlay,
-    instance, databases and instance settings as ``loaded`` — or None (closing any other)."""
+    instance and databases as ``loaded``, and the same commands as the validated instance
+    gives (``HeadStart.matches``) — or None (closing any other)."""
     global _started
     early, _started = _started, None
     if early is None:
         return None
     same = (
-        early.loaded.path == loaded.path
-        and early.loaded.env == loaded.env
+        early.path == loaded.path
+        and early.parsed.env == loaded.env
         and early.parsed.instance == instance
         and early.parsed.databases == tuple(databases)
-        and _instance(early.loaded, instance) == _instance(loaded, instance)
+        and _matches(early.head, loaded, instance, databases)
     )
     if same:
         return early.head
     early.head.close()
     return None
+
+
+def _matches(head: HeadStart, loaded: LoadedConfig, name: str, databases: Sequence[str]) -> bool:
+    from vya_backupdb.engines import pg_head
+    from vya_backupdb.secrets.sources import password_for
+
+    try:
+        instance = loaded.settings.instance(name)
+        # Before the password: a password_command (never a head start) is not run for this.
+        if pg_head.wanted(instance, tuple(databases)) != head.db:
+            return False
+        return head.matches(instance, password_for(loaded, instance))
+    except VyaError:
+        return False
 
 
 def close() -> None:
@@ -169,10 +293,3 @@ def close() -> None:
     early, _started, _loaded = _started, None, None
     if early is not None:
         early.head.close()
-
-
-def _instance(loaded: LoadedConfig, name: str) -> object:
-    try:
-        return loaded.settings.instance(name)
-    except VyaError:  # not found: never equal to a found one
-        return None

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
-from vya_backupdb.config.models import InstanceConfig, PgFormat
 from vya_backupdb.engines.process import DUMP_STDOUT_BUFFER, Command
+
+if TYPE_CHECKING:  # the models import pydantic (~0.2 s); pg_head starts pg_dump before that
+    from vya_backupdb.config.models import InstanceConfig, PgFormat
 
 PG_CLIENT_PACKAGE = "postgresql-client"
 APP_NAME = "vya-backupdb"
@@ -34,7 +37,21 @@ def conninfo_dbname(db: str) -> str:
     return "dbname='" + db.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def libpq_env(instance: InstanceConfig, password: str | None) -> dict[str, str]:
+class PgServer(Protocol):
+    """Where libpq tools connect: an ``InstanceConfig``, or the head start's reading of the
+    same instance before the models are loaded (cli/early.py)."""
+
+    @property
+    def socket(self) -> Path | None: ...
+    @property
+    def effective_host(self) -> str: ...
+    @property
+    def effective_port(self) -> int | None: ...
+    @property
+    def user(self) -> str | None: ...
+
+
+def libpq_env(instance: PgServer, password: str | None) -> dict[str, str]:
     """Return the environment that points libpq tools at ``instance`` (the password included)."""
     env = {
         "PGHOST": str(instance.socket) if instance.socket else instance.effective_host,
@@ -54,7 +71,7 @@ def _secrets(password: str | None) -> tuple[str, ...]:
 
 def make_pg_dump_command(
     pg_dump: str,
-    instance: InstanceConfig,
+    instance: PgServer,
     password: str | None,
     db: str,
     *,

@@ -14,7 +14,9 @@ import errno
 import fcntl
 import functools
 import glob
+import logging
 import os
+import selectors
 import shlex
 import shutil
 import signal
@@ -29,6 +31,8 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from vya_backupdb.errors import BackupFailed, ToolMissing, VyaError
+
+log = logging.getLogger("vya_backupdb.engines.process")
 
 STDERR_TAIL_LINES = 30
 COPY_CHUNK = 1024 * 1024
@@ -343,6 +347,7 @@ class ToolReader:
         self._timer: threading.Timer | None = None
         self._timeout: float | None = None
         self._timed_out = False
+        self._ahead: _ReadAhead | None = None
 
     def _feed_stdin(self, source: Readable) -> None:
         assert self._proc.stdin is not None
@@ -379,8 +384,32 @@ class ToolReader:
         if self._timer is not None:
             self._timer.cancel()
 
+    def read_ahead(self, limit: int) -> None:
+        """Until the first read, copy up to ``limit`` bytes of the tool's output to an unnamed
+        temporary file, on a thread: a tool started before its reader is ready (a backup's
+        head start, engines/pg_head.py) runs instead of waiting on a full pipe. Reads serve
+        those bytes first, in order; past ``limit`` the tool waits for the reader as usual.
+        Not for a ``direct`` reader (its descriptor goes to another process as is)."""
+        if self.direct:
+            raise ValueError("a direct reader's output is handed off, not read ahead")
+        try:
+            self._ahead = _ReadAhead(self._stdout.fileno(), limit)
+        except OSError as exc:  # no temporary file (TMPDIR full or read-only): no read-ahead
+            log.debug("no read-ahead for %s: %s", Path(self.command.argv[0]).name, exc)
+
+    def _take_ahead(self) -> _ReadAhead | None:
+        ahead = self._ahead
+        if ahead is not None and ahead.stop():
+            return ahead
+        self._ahead = None
+        if ahead is not None:
+            ahead.close()
+        return None
+
     def read(self, size: int = -1, /) -> bytes:
-        data: bytes = self._stdout.read(size if size and size > 0 else COPY_CHUNK)
+        size = size if size and size > 0 else COPY_CHUNK
+        ahead = self._take_ahead() if self._ahead is not None else None
+        data: bytes = ahead.read(size) if ahead is not None else self._stdout.read(size)
         if not data:
             self._eof = True
         return data
@@ -403,6 +432,10 @@ class ToolReader:
             self._stdout.close()
 
     def readinto(self, buffer: bytearray | memoryview) -> int:
+        if self._ahead is not None:
+            data = self.read(len(buffer))
+            buffer[: len(data)] = data
+            return len(data)
         n = self._stdout.readinto(buffer)
         if not n:
             self._eof = True
@@ -461,6 +494,10 @@ class ToolReader:
         self._proc.wait()
         self._join_feeder()
         self._stderr.join(timeout=5)
+        if self._ahead is not None:
+            self._ahead.stop()
+            self._ahead.close()
+            self._ahead = None
         with contextlib.suppress(OSError):
             self._stdout.close()
 
@@ -480,6 +517,75 @@ class ToolReader:
         except BaseException:
             self.abort()
             raise
+
+
+class _ReadAhead:
+    """A thread copying a stream's first bytes to an unnamed temporary file (0600, gone when
+    closed or when the process dies) until :meth:`stop`; then :meth:`read` serves them."""
+
+    #: How long the thread waits for output before it looks whether it should stop.
+    POLL = 0.05
+
+    def __init__(self, fd: int, limit: int):
+        self._fd = fd
+        self._limit = limit
+        self._file = tempfile.TemporaryFile(prefix="vya-read-ahead-")  # noqa: SIM115 - close()
+        self._stopping = threading.Event()
+        self._written = 0
+        #: A chunk read from the stream that the file did not take (e.g. disk full): served
+        #: after the file, never lost.
+        self._kept = b""
+        self._stopped = False
+        self._thread = threading.Thread(target=self._copy, name="read-ahead", daemon=True)
+        self._thread.start()
+
+    def _copy(self) -> None:
+        out = self._file.fileno()
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._fd, selectors.EVENT_READ)
+            while not self._stopping.is_set() and self._written < self._limit:
+                if not selector.select(self.POLL):
+                    continue
+                try:
+                    chunk = os.read(self._fd, min(COPY_CHUNK, self._limit - self._written))
+                except OSError:
+                    return  # the reader sees the same error, or EOF, on its own read
+                if not chunk:
+                    return  # EOF: the reader's next read of the stream says so again
+                done = 0
+                try:
+                    while done < len(chunk):
+                        done += os.write(out, memoryview(chunk)[done:])
+                except OSError:
+                    self._kept = chunk[done:]
+                    return
+                finally:
+                    self._written += done
+
+    def stop(self) -> bool:
+        """Stop copying (waits for the chunk in hand); return whether there are bytes to
+        serve. Idempotent."""
+        if not self._stopped:
+            self._stopping.set()
+            self._thread.join()
+            self._stopped = True
+            self._file.seek(0)
+            log.debug("read ahead: %d bytes while the reader got ready", self._written)
+        return self._remaining() > 0
+
+    def _remaining(self) -> int:
+        return self._written - self._file.tell() + len(self._kept)
+
+    def read(self, size: int) -> bytes:
+        data = self._file.read(min(size, self._written - self._file.tell()))
+        if data:
+            return data
+        data, self._kept = self._kept[:size], self._kept[size:]
+        return data
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._file.close()
 
 
 def feed(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import shlex
-import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING
 from vya_backupdb.config.models import InstanceConfig, Settings
 from vya_backupdb.engines.process import Command, run
 from vya_backupdb.errors import CredentialError, ToolMissing
+from vya_backupdb.secrets.files import read_password_file
 from vya_backupdb.secrets.redaction import register_secret
 from vya_backupdb.secrets.store import decrypt_value, load_master_key, open_store
 
@@ -129,10 +129,7 @@ def _from_file(instance: InstanceConfig, path: Path, config_dir: Path | None) ->
     if not path.is_absolute() and config_dir is not None:
         path = config_dir / path
     try:
-        mode = stat.S_IMODE(path.stat().st_mode)
-        with path.open(encoding="utf-8") as handle:
-            # Only the first line: a trailing newline (echo pass > file) is not part of it.
-            first = handle.readline().rstrip("\r\n")
+        first, mode = read_password_file(path)
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
         raise CredentialError(
