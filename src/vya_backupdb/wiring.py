@@ -57,7 +57,9 @@ def make_engine(
     if instance.type == "postgresql":
         from vya_backupdb.engines.postgresql import PostgresEngine
 
-        engine = PostgresEngine(instance, password_for(loaded, instance))
+        # A head start's password is the instance's own, resolved once (HeadStart.matches).
+        password = head_start.password if head_start is not None else password_for(loaded, instance)
+        engine = PostgresEngine(instance, password)
         if head_start is not None:
             engine.adopt_head_start(head_start)
         return engine

@@ -267,3 +267,29 @@ def test_pg_backup_usage_error_after_the_head_start_leaves_no_session(
             time.sleep(0.05)
     assert left == 0
     assert not (tmp_path / "store").exists() or not list((tmp_path / "store").rglob("*.dump*"))
+
+
+@pytest.mark.postgres
+def test_pg_head_start_with_a_readable_password_file_warns_once_through_logging(
+    tmp_path: Path, pg_server: PgServer, pg_database: str
+) -> None:
+    """The head start reads a ``password_file`` from the document; the password is then
+    resolved once, through the configured logging: one warning about its mode, not two."""
+    secret = tmp_path / "pg.pass"
+    secret.write_text(pg_server.password + "\n", encoding="utf-8")
+    secret.chmod(0o644)
+    instance = {**pg_server.instance_config("pg"), "password_env": None}
+    instance["password_file"] = "pg.pass"  # relative: beside the config file
+    config = _config(tmp_path, instance)
+
+    done = subprocess.run(
+        [sys.executable, "-m", "vya_backupdb", "-c", str(config), "--log-format", "json",
+         "backup", "pg", "-d", pg_database, "--no-users", "--no-progress"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if "has mode 0644" in line]
+    assert len(warnings) == 1, done.stderr
+    assert json.loads(warnings[0])["level"] == "WARNING"  # through logging, not stderr raw
+    assert pg_server.password not in done.stderr + done.stdout

@@ -6,6 +6,7 @@ runs exactly as without it), and it never reads a value as a command or an insta
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -96,6 +97,16 @@ def test_config_loaded_early_is_reused_once_for_the_same_file_and_overlay(
 
 
 # -- the instance read from the configuration document, before validation ---------------------
+@pytest.fixture(autouse=True)
+def _forget_secrets() -> Iterator[None]:
+    """The passwords read here are registered for masking: forget them after each test (a
+    short one would mask its letters in every later test's logs)."""
+    from vya_backupdb.secrets.redaction import clear_registered_secrets
+
+    yield
+    clear_registered_secrets()
+
+
 def _pg(**entry: object) -> dict[str, object]:
     return {"id": "pg", "type": "postgresql", "host": "db1", "user": "backup", **entry}
 
@@ -113,7 +124,7 @@ def test_document_instance_with_a_password_from_the_environment(tmp_path: Path) 
     assert (server.effective_host, server.effective_port, server.user) == ("db1", 5433, "backup")
     assert (password, fmt, options) == ("s3cret", "custom", ("--no-comments",))
     # Defaults as the models give them: localhost, PostgreSQL's port.
-    bare = _document_instance(_pg(host=None, password_env="PGPW"), tmp_path, {"PGPW": "x"})
+    bare = _document_instance(_pg(host=None, password_env="PGPW"), tmp_path, {"PGPW": "pw-2"})
     assert bare is not None and (bare[0].effective_host, bare[0].effective_port) == (
         "localhost",
         5432,

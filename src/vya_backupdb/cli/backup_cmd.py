@@ -68,10 +68,13 @@ def backup(
 
         raise UsageError("--database needs exactly one instance", hint="e.g. backup pg01 -d app")
     # A named PostgreSQL database's dump was started by the console script before Typer
-    # loaded: logging, the backup job's modules and the driver load while pg_dump runs.
-    head = _start_dump_early(loaded, instances, database, dry_run)
+    # loaded: logging, the backup job's modules and the driver load while pg_dump runs. It is
+    # checked against the validated instance once logging is set up (its password source may
+    # warn, e.g. a password_file others can read).
+    head = None
     try:
         app.setup_logging()
+        head = _start_dump_early(loaded, instances, database, dry_run)
         from vya_backupdb.jobs.backup import BackupJob, BackupRequest
 
         request = BackupRequest(

@@ -82,6 +82,11 @@ class HeadStart:
         self._closed = False
         self._started = Background(lambda: _start_dump(exporter, dump), "pg-head-start")
 
+    @property
+    def password(self) -> str | None:
+        """The password the dump connects with: the instance's, as its source gave it."""
+        return self._dump.password
+
     def adopt(self) -> Started | None:
         """Hand the running pg_dump to the engine's dump, which then owns its reader; None
         when it could not be started (the engine then starts its own)."""
