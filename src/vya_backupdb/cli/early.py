@@ -29,7 +29,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from vya_backupdb.errors import VyaError
 
@@ -154,13 +154,16 @@ def start(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> None:
     if parsed is None or any(k.startswith("_") and k.endswith("_COMPLETE") for k in environ):
         return
     try:
-        _started = _from_document(parsed, environ)
+        from vya_backupdb.config.document import read_document
+
+        document = read_document(parsed.config, parsed.env, environ)
+        _started = _from_document(parsed, document, environ)
         if _started is not None:
             return
-        from vya_backupdb.config.loader import load_settings
+        from vya_backupdb.config.loader import validate_document
         from vya_backupdb.engines import pg_head
 
-        loaded = load_settings(parsed.config, parsed.env, environ)
+        loaded = validate_document(*document, parsed.env)
         _loaded = (parsed, loaded)
         instance = loaded.settings.instance(parsed.instance)
         head = pg_head.start_named(loaded, instance, parsed.databases)
@@ -170,14 +173,16 @@ def start(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> None:
         _started = _Early(parsed, loaded.path, head)
 
 
-def _from_document(parsed: Parsed, environ: Mapping[str, str]) -> _Early | None:
-    """Start the head start from the configuration document, before any validation; None
-    when the instance is not one this reading resolves (see the module docstring)."""
-    from vya_backupdb.config.document import read_document
+def _from_document(
+    parsed: Parsed, document: tuple[Path, str, dict[str, Any]], environ: Mapping[str, str]
+) -> _Early | None:
+    """Start the head start from the configuration ``document`` (config/document.py), before
+    any validation; None when the instance is not one this reading resolves (see the module
+    docstring)."""
     from vya_backupdb.engines import pg_head
     from vya_backupdb.engines.pg_commands import chooses_snapshot
 
-    path, _, data = read_document(parsed.config, parsed.env, environ)
+    path, _, data = document
     instances = data.get("instances")
     entries = [
         entry

@@ -63,6 +63,7 @@ __all__ = [
     "load_settings",
     "locate_config",
     "searched_paths_text",
+    "validate_document",
 ]
 
 #: Key names whose values are secrets: never echoed back in an error message.
@@ -88,6 +89,14 @@ def load_settings(
 ) -> LoadedConfig:
     """Return the validated settings; raise ConfigError when missing, malformed or invalid."""
     located, text, data = read_document(path, env, environ)
+    return validate_document(located, text, data, env)
+
+
+def validate_document(
+    located: Path, text: str, data: dict[str, Any], env: str | None
+) -> LoadedConfig:
+    """Return the settings of a document :func:`read_document` returned (``env``: its
+    overlay); raise ConfigError naming every invalid key, with its line in ``text``."""
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
